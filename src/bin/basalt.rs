@@ -1,0 +1,2 @@
+//! `basalt`: the operator's command-line tool.
+fn main() {}
