@@ -41,7 +41,9 @@ id_u64!(
 );
 
 /// A placement group id: `hash(volume, chunk) mod pg_count`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(transparent)]
 pub struct PgId(pub u32);
 
@@ -91,7 +93,11 @@ pub struct ChunkKey {
 impl ChunkKey {
     /// The live-volume chunk `index` of `volume`.
     pub fn new(volume: VolumeId, index: u64) -> Self {
-        Self { volume, index, generation: 0 }
+        Self {
+            volume,
+            index,
+            generation: 0,
+        }
     }
 }
 
@@ -130,8 +136,14 @@ mod tests {
 
     #[test]
     fn chunk_version_orders_by_epoch_then_version() {
-        let a = ChunkVersion { epoch: Epoch(1), version: 9 };
-        let b = ChunkVersion { epoch: Epoch(2), version: 1 };
+        let a = ChunkVersion {
+            epoch: Epoch(1),
+            version: 9,
+        };
+        let b = ChunkVersion {
+            epoch: Epoch(2),
+            version: 1,
+        };
         assert!(a < b);
         assert_eq!(ChunkKey::new(VolumeId(3), 7).to_string(), "vol-3/7");
     }

@@ -17,7 +17,7 @@ pub const CHUNK_SIZE_BYTES_MIN: u32 = BLOCK_SIZE_BYTES;
 pub const CHUNK_SIZE_BYTES_MAX: u32 = 64 * 1024 * 1024;
 
 const _: () = assert!(BLOCK_SIZE_BYTES.is_power_of_two());
-const _: () = assert!(BLOCK_SIZE_BYTES % SECTOR_SIZE_BYTES == 0);
+const _: () = assert!(BLOCK_SIZE_BYTES.is_multiple_of(SECTOR_SIZE_BYTES));
 const _: () = assert!(CHUNK_SIZE_BYTES_DEFAULT.is_power_of_two());
 const _: () = assert!(CHUNK_SIZE_BYTES_MIN <= CHUNK_SIZE_BYTES_DEFAULT);
 const _: () = assert!(CHUNK_SIZE_BYTES_DEFAULT <= CHUNK_SIZE_BYTES_MAX);

@@ -1,1 +1,5 @@
-//! blockd library
+//! `blockd`, the Basalt storage node daemon, as a library: the binary in `main.rs` is a thin
+//! command-line shell over these modules, and integration tests and benchmarks use them
+//! directly.
+
+pub mod store;
