@@ -2,4 +2,5 @@
 //! command-line shell over these modules, and integration tests and benchmarks use them
 //! directly.
 
+pub mod cli;
 pub mod store;
