@@ -8,3 +8,4 @@
 
 pub mod ids;
 pub mod units;
+pub mod wire;
