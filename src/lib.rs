@@ -7,4 +7,5 @@
 #![forbid(unsafe_code)]
 
 pub mod ids;
+pub mod nbd;
 pub mod units;
