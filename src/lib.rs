@@ -7,5 +7,6 @@
 #![forbid(unsafe_code)]
 
 pub mod ids;
+pub mod nbd;
 pub mod units;
 pub mod wire;
