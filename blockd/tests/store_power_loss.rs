@@ -223,13 +223,13 @@ fn open_surviving_recovery_crashes(
             Ok(store) => {
                 image = store.drive.crash_image();
             }
-            Err((_, drive)) => image = drive.crash_image(),
+            Err(failed) => image = failed.1.crash_image(),
         }
         *crashes += 1;
     }
     match SimStore::open(image, rng.next_u64()) {
         Ok(store) => store,
-        Err((e, _)) => panic!("recovery failed: {e}"),
+        Err(failed) => panic!("recovery failed: {}", failed.0),
     }
 }
 

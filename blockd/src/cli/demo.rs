@@ -69,27 +69,43 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             force: false,
         };
         let sb = format_drive(&drive, &opts, Some(args.size))?;
-        println!("formatted {} ({})", drive.display(), bytesize::ByteSize(args.size));
-        println!("  cluster {} node {} drive {}", sb.cluster_id, sb.node_id, sb.drive_id);
+        println!(
+            "formatted {} ({})",
+            drive.display(),
+            bytesize::ByteSize(args.size)
+        );
+        println!(
+            "  cluster {} node {} drive {}",
+            sb.cluster_id, sb.node_id, sb.drive_id
+        );
     }
     super::runtime()?.block_on(demo(args, drive))
 }
 
 async fn demo(args: &DemoArgs, drive: PathBuf) -> anyhow::Result<()> {
     let store = Arc::new(Store::open(&drive, OpenOptions::default()).await?);
-    println!("opened {}: recovery {:?}", drive.display(), store.recovery_report());
+    println!(
+        "opened {}: recovery {:?}",
+        drive.display(),
+        store.recovery_report()
+    );
     let stats = store.stats().await?;
     let chunk_size = store.chunk_size_bytes();
     // Use half the capacity so the demo never runs out of space, whatever was there before.
     let chunks = (stats.capacity_bytes / 2 / u64::from(chunk_size)).max(1);
     let writers = args.writers.max(1);
-    println!("writing with {writers} writers for {:?} over {chunks} chunks ...", args.duration);
+    println!(
+        "writing with {writers} writers for {:?} over {chunks} chunks ...",
+        args.duration
+    );
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
         let store = store.clone();
         let deadline = started + args.duration;
-        let mine: Vec<u64> = (0..chunks).filter(|c| c % writers as u64 == w as u64).collect();
+        let mine: Vec<u64> = (0..chunks)
+            .filter(|c| c % writers as u64 == w as u64)
+            .collect();
         tasks.push(tokio::spawn(writer(store, mine, chunk_size, deadline)));
     }
     let mut expected = Expected::new();
@@ -125,7 +141,11 @@ async fn writer(
     chunk_size: u32,
     deadline: Instant,
 ) -> anyhow::Result<WriterResult> {
-    let mut out = WriterResult { expected: Expected::new(), latencies: Vec::new(), bytes: 0 };
+    let mut out = WriterResult {
+        expected: Expected::new(),
+        latencies: Vec::new(),
+        bytes: 0,
+    };
     if chunks.is_empty() {
         return Ok(out);
     }
@@ -143,9 +163,14 @@ async fn writer(
         }
         version += 1;
         let key = ChunkKey::new(VOLUME, chunk);
-        let v = ChunkVersion { epoch: Epoch(1), version };
+        let v = ChunkVersion {
+            epoch: Epoch(1),
+            version,
+        };
         let t = Instant::now();
-        store.write(key, first * BLOCK, Bytes::from(data), v).await?;
+        store
+            .write(key, first * BLOCK, Bytes::from(data), v)
+            .await?;
         out.latencies.push(t.elapsed());
         out.bytes += u64::from(blocks * BLOCK);
         for i in 0..blocks {
@@ -158,7 +183,9 @@ async fn writer(
 fn report_throughput(latencies: &[Duration], bytes: u64, elapsed: Duration) {
     let mut sorted = latencies.to_vec();
     sorted.sort();
-    let pct = |p: f64| sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)));
+    let pct = |p: f64| {
+        sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+    };
     let secs = elapsed.as_secs_f64();
     println!(
         "  {} writes, {:.0} IOPS, {:.1} MB/s, latency p50 {:?} p99 {:?}",
@@ -177,7 +204,9 @@ async fn verify(store: &Store, expected: &Expected, chunk_size: u32) -> anyhow::
     }
     let mut want = vec![0u8; BLOCK as usize];
     for (chunk, blocks) in by_chunk {
-        let data = store.read(ChunkKey::new(VOLUME, chunk), 0, chunk_size).await?;
+        let data = store
+            .read(ChunkKey::new(VOLUME, chunk), 0, chunk_size)
+            .await?;
         for (block, seed) in blocks {
             block_pattern(seed, &mut want);
             if data[(block * BLOCK) as usize..][..BLOCK as usize] != want[..] {

@@ -76,7 +76,10 @@ pub fn format(args: &FormatArgs) -> anyhow::Result<()> {
         .with_context(|| format!("formatting {}", args.drive.display()))?;
     let g = sb.geometry;
     println!("formatted {}", args.drive.display());
-    println!("  cluster {}  node {}  drive {}", sb.cluster_id, sb.node_id, sb.drive_id);
+    println!(
+        "  cluster {}  node {}  drive {}",
+        sb.cluster_id, sb.node_id, sb.drive_id
+    );
     println!(
         "  chunk {}  journal {}  chunk slots {}  data capacity {}",
         bytesize::ByteSize(u64::from(g.chunk_size_bytes)),
@@ -104,7 +107,10 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         let stats = store.stats().await?;
         let chunks = store.list_chunks().await?;
         println!("drive {}", args.drive.display());
-        println!("  cluster {}  node {}  drive {}", sb.cluster_id, sb.node_id, sb.drive_id);
+        println!(
+            "  cluster {}  node {}  drive {}",
+            sb.cluster_id, sb.node_id, sb.drive_id
+        );
         println!("  recovery: {:?}", store.recovery_report());
         println!(
             "  capacity {}  allocated {}  free {}  chunks {}",

@@ -49,7 +49,7 @@ pub struct SimStore {
 
 impl SimStore {
     /// Recovers the store in `image`; the drive then completes operations in random order.
-    pub fn open(image: Vec<u8>, seed: u64) -> Result<Self, (OpenError, SimDrive)> {
+    pub fn open(image: Vec<u8>, seed: u64) -> Result<Self, Box<(OpenError, SimDrive)>> {
         let drive = SimDrive::from_image(image, seed);
         Self::open_drive(drive, CoreOptions::default())
     }
@@ -58,10 +58,10 @@ impl SimStore {
     pub fn open_drive(
         mut drive: SimDrive,
         opts: CoreOptions,
-    ) -> Result<Self, (OpenError, SimDrive)> {
+    ) -> Result<Self, Box<(OpenError, SimDrive)>> {
         let recovered = match recover(&mut drive, &Expect::default()) {
             Ok(r) => r,
-            Err(e) => return Err((e, drive)),
+            Err(e) => return Err(Box::new((e, drive))),
         };
         drive.set_manual_completion();
         Ok(Self {
