@@ -170,7 +170,7 @@ fn verify(store: &mut SimStore, model: &mut Model, rng: &mut SimRng) {
 }
 
 /// One seed: format, then several lives each ended by a power cut at a random point.
-fn run_seed(seed: u64, lives: usize) -> usize {
+fn run_seed(seed: u64, lives: usize, totals: &mut [u64; 4]) -> usize {
     let mut rng = SimRng::new(seed);
     let mut image = formatted_image(seed);
     let mut work = Workload {
@@ -179,10 +179,18 @@ fn run_seed(seed: u64, lives: usize) -> usize {
         version: 0,
     };
     let mut crashes = 0;
-    for life in 0..lives {
-        eprintln!("seed {seed} life {life}");
+    for _ in 0..lives {
         let mut store = open_surviving_recovery_crashes(image, &mut rng, &mut crashes);
         verify(&mut store, &mut work.model, &mut rng);
+        let r = store.report;
+        for (t, v) in totals.iter_mut().zip([
+            r.batches,
+            r.records_applied,
+            r.records_skipped,
+            r.records_dropped,
+        ]) {
+            *t += v;
+        }
         let steps = rng.below(400);
         for _ in 0..steps {
             if work.in_flight.len() < IN_FLIGHT_MAX && rng.chance(1, 2) {
@@ -240,13 +248,22 @@ fn acknowledged_writes_survive_power_loss() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
     let mut crashes = 0;
+    let mut totals = [0u64; 4];
     let first: u64 = std::env::var("BASALT_POWER_LOSS_FIRST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     for seed in first..first + seeds {
-        crashes += run_seed(seed, 8);
+        crashes += run_seed(seed, 8, &mut totals);
     }
+    let [batches, applied, skipped, dropped] = totals;
+    eprintln!(
+        "replayed {batches} batches: {applied} records applied, {skipped} skipped, {dropped} dropped"
+    );
+    assert!(
+        applied > 0 && skipped > 0,
+        "the workload must exercise replay"
+    );
     assert!(crashes as u64 >= seeds * 8);
     eprintln!("{crashes} crash points verified over {seeds} seeds");
 }
