@@ -896,3 +896,46 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod arbitrary_input {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Every decoder answers arbitrary bytes with a value or a typed error, never a panic.
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..9000)) {
+            let _ = Superblock::decode(&bytes);
+            let _ = Anchor::decode(&bytes, 1);
+            let _ = BatchHeader::decode(&bytes, 1, 1 << 20);
+            let _ = decode_slot(&bytes, 1, 16, 1 << 20);
+            let _ = decode_slot(&bytes, 1, 1024, 1 << 20);
+            if let Ok(records) = decode_records(&bytes, 64, 16) {
+                for r in records {
+                    for i in 0..r.block_count {
+                        match r.kind {
+                            RecordKind::Data => { let _ = (r.crc(i), r.data(i).len()); }
+                            RecordKind::Remap => { let _ = (r.crc(i), r.phys(i)); }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Records survive a round trip whatever their fields.
+        #[test]
+        fn record_round_trip(first in 0u32..16, count in 1u32..=16, volume: u64, index: u64) {
+            prop_assume!(first + count <= 16);
+            let chunk = ChunkKey::new(VolumeId(volume), index);
+            let version = ChunkVersion { epoch: Epoch(2), version: 3 };
+            let mut payload = Vec::new();
+            encode_record_header(&mut payload, RecordKind::Unmap, chunk, version, first, count);
+            let records = decode_records(&payload, 1, 16).expect("valid record");
+            prop_assert_eq!(records[0].chunk, chunk);
+            prop_assert_eq!((records[0].first_block, records[0].block_count), (first, count));
+        }
+    }
+}
