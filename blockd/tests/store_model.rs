@@ -17,10 +17,25 @@ const CHUNK_BYTES: u32 = 64 * 1024;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { chunk: u8, offset: u32, len: u32, fill: u8 },
-    Trim { chunk: u8, offset: u32, len: u32 },
-    Read { chunk: u8, offset: u32, len: u32 },
-    Delete { chunk: u8 },
+    Write {
+        chunk: u8,
+        offset: u32,
+        len: u32,
+        fill: u8,
+    },
+    Trim {
+        chunk: u8,
+        offset: u32,
+        len: u32,
+    },
+    Read {
+        chunk: u8,
+        offset: u32,
+        len: u32,
+    },
+    Delete {
+        chunk: u8,
+    },
     Flush,
     Checkpoint,
     Reopen,
@@ -33,7 +48,8 @@ fn range() -> impl Strategy<Value = (u32, u32)> {
         (0..sectors, 1..=16u32).prop_map(|(s, n)| (s * 512, n * 512)),
         (0..16u32, 1..=16u32).prop_map(|(b, n)| (b * 4096, n * 4096)),
         (0..=sectors, 0..=sectors).prop_map(|(s, n)| (s * 512, n * 512)),
-        (1..sectors, 1..64u32).prop_map(move |(n, k)| (CHUNK_BYTES - n * 512, n * 512 + k % 2 * 512)),
+        (1..sectors, 1..64u32)
+            .prop_map(move |(n, k)| (CHUNK_BYTES - n * 512, n * 512 + k % 2 * 512)),
         (0..CHUNK_BYTES, 1..9000u32),
     ]
 }
@@ -87,7 +103,10 @@ struct Harness {
 impl Harness {
     fn next_version(&mut self) -> ChunkVersion {
         self.version += 1;
-        ChunkVersion { epoch: Epoch(1), version: self.version }
+        ChunkVersion {
+            epoch: Epoch(1),
+            version: self.version,
+        }
     }
 
     fn mutate(&mut self, chunk: u8, offset: u32, len: u32, fill: Option<u8>) {
@@ -96,16 +115,32 @@ impl Harness {
             Some(fill) => {
                 let data: Vec<u8> = (0..len).map(|i| fill ^ (i / 512) as u8).collect();
                 let data = Bytes::from(data);
-                Request::Write { chunk: key(chunk), offset, data, version }
+                Request::Write {
+                    chunk: key(chunk),
+                    offset,
+                    data,
+                    version,
+                }
             }
-            None => Request::Unmap { chunk: key(chunk), offset, len, version },
+            None => Request::Unmap {
+                chunk: key(chunk),
+                offset,
+                len,
+                version,
+            },
         };
         let result = self.store.call(request, &mut self.rng);
         if let Some(why) = expected_error(offset, len) {
             return check_error(result, why);
         }
-        assert!(matches!(result, Ok(Reply::Done)), "mutation failed: {result:?}");
-        let bytes = self.model.entry(chunk).or_insert_with(|| vec![0; CHUNK_BYTES as usize]);
+        assert!(
+            matches!(result, Ok(Reply::Done)),
+            "mutation failed: {result:?}"
+        );
+        let bytes = self
+            .model
+            .entry(chunk)
+            .or_insert_with(|| vec![0; CHUNK_BYTES as usize]);
         let range = offset as usize..(offset + len) as usize;
         match fill {
             Some(fill) => {
@@ -118,29 +153,54 @@ impl Harness {
     }
 
     fn read(&mut self, chunk: u8, offset: u32, len: u32) {
-        let result = self.store.call(Request::Read { chunk: key(chunk), offset, len }, &mut self.rng);
+        let result = self.store.call(
+            Request::Read {
+                chunk: key(chunk),
+                offset,
+                len,
+            },
+            &mut self.rng,
+        );
         if let Some(why) = expected_error(offset, len) {
             return check_error(result, why);
         }
-        let Ok(Reply::Data(data)) = result else { panic!("read failed: {result:?}") };
+        let Ok(Reply::Data(data)) = result else {
+            panic!("read failed: {result:?}")
+        };
         let zeros = vec![0; CHUNK_BYTES as usize];
         let model = self.model.get(&chunk).unwrap_or(&zeros);
-        assert!(data[..] == model[offset as usize..(offset + len) as usize], "read mismatch");
+        assert!(
+            data[..] == model[offset as usize..(offset + len) as usize],
+            "read mismatch"
+        );
     }
 
     fn apply(&mut self, op: Op) {
         match op {
-            Op::Write { chunk, offset, len, fill } => self.mutate(chunk, offset, len, Some(fill)),
+            Op::Write {
+                chunk,
+                offset,
+                len,
+                fill,
+            } => self.mutate(chunk, offset, len, Some(fill)),
             Op::Trim { chunk, offset, len } => self.mutate(chunk, offset, len, None),
             Op::Read { chunk, offset, len } => self.read(chunk, offset, len),
             Op::Delete { chunk } => {
-                let result = self.store.call(Request::DeleteChunk { chunk: key(chunk) }, &mut self.rng);
+                let result = self
+                    .store
+                    .call(Request::DeleteChunk { chunk: key(chunk) }, &mut self.rng);
                 assert!(matches!(result, Ok(Reply::Done)));
                 self.model.remove(&chunk);
             }
-            Op::Flush => assert!(matches!(self.store.call(Request::Flush, &mut self.rng), Ok(_))),
+            Op::Flush => assert!(matches!(
+                self.store.call(Request::Flush, &mut self.rng),
+                Ok(_)
+            )),
             Op::Checkpoint => {
-                assert!(matches!(self.store.call(Request::Checkpoint, &mut self.rng), Ok(_)));
+                assert!(matches!(
+                    self.store.call(Request::Checkpoint, &mut self.rng),
+                    Ok(_)
+                ));
             }
             Op::Reopen => {
                 self.store.settle(&mut self.rng);
@@ -168,7 +228,10 @@ impl Harness {
                 .model
                 .get(&(info.chunk.index as u8))
                 .is_some_and(|bytes| bytes.iter().any(|&b| b != 0));
-            assert!(info.allocated_blocks > 0 || !has_data, "allocation of {info:?}");
+            assert!(
+                info.allocated_blocks > 0 || !has_data,
+                "allocation of {info:?}"
+            );
         }
     }
 }
@@ -200,13 +263,26 @@ fn thin_provisioning_accounting() {
     let empty = stats(&mut store, &mut rng);
     assert_eq!(empty.allocated_bytes, 0);
     assert_eq!(empty.free_bytes, empty.capacity_bytes);
-    let version = ChunkVersion { epoch: Epoch(1), version: 1 };
+    let version = ChunkVersion {
+        epoch: Epoch(1),
+        version: 1,
+    };
     let data = Bytes::from(vec![7u8; 32 * 1024]);
-    let write = Request::Write { chunk: key(0), offset: 0, data, version };
+    let write = Request::Write {
+        chunk: key(0),
+        offset: 0,
+        data,
+        version,
+    };
     assert!(matches!(store.call(write, &mut rng), Ok(Reply::Done)));
     store.settle(&mut rng);
     assert_eq!(stats(&mut store, &mut rng).allocated_bytes, 32 * 1024);
-    let trim = Request::Unmap { chunk: key(0), offset: 4096, len: 16 * 1024, version };
+    let trim = Request::Unmap {
+        chunk: key(0),
+        offset: 4096,
+        len: 16 * 1024,
+        version,
+    };
     assert!(matches!(store.call(trim, &mut rng), Ok(Reply::Done)));
     store.settle(&mut rng);
     assert_eq!(stats(&mut store, &mut rng).allocated_bytes, 16 * 1024);

@@ -49,7 +49,11 @@ fn run_blockd(subcommand: &str, args: &[String]) -> anyhow::Result<ExitCode> {
         .args(args)
         .status()
         .with_context(|| format!("running {}", blockd.display()))?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `blockd` lives next to `basalt` (same install directory or cargo target directory). Under
