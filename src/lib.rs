@@ -8,5 +8,6 @@
 
 pub mod ids;
 pub mod nbd;
+pub mod placement;
 pub mod units;
 pub mod wire;
