@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, SeekFrom, flock, seek};
 
@@ -46,8 +47,29 @@ pub enum DeviceError {
     },
 }
 
-/// Opens `path` read-write with O_DIRECT and takes an exclusive lock on it.
-pub fn open_device(path: &Path) -> Result<Device, DeviceError> {
+/// How long opening waits for another holder of the drive's lock to go away. A process killed
+/// with SIGKILL keeps its lock until the kernel has torn down its io_uring (tens of
+/// milliseconds, seconds under load), and a process forking elsewhere holds a copy of the
+/// descriptor until it execs; a restarted daemon must not fail on either.
+pub const BUSY_WAIT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Opens `path` read-write with O_DIRECT and takes an exclusive lock on it, waiting up to
+/// `busy_wait` for a previous holder to release it.
+pub fn open_device(path: &Path, busy_wait: Duration) -> Result<Device, DeviceError> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match open_device_once(path) {
+            Err(DeviceError::Busy { .. }) if started.elapsed() + pause <= busy_wait => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_device_once(path: &Path) -> Result<Device, DeviceError> {
     let name = path.display().to_string();
     let open_error = |source| DeviceError::Open {
         path: name.clone(),

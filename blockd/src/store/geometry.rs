@@ -269,7 +269,7 @@ mod tests {
         let g = Geometry::compute(8 << 20, opts).unwrap();
         assert_eq!(g.slot_copy_size_bytes, 4096);
         assert!(matches!(
-            Geometry::compute(1 << 20, opts),
+            Geometry::compute(512 << 10, opts),
             Err(GeometryError::TooSmall { .. })
         ));
         let bad = GeometryOptions {

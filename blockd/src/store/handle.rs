@@ -9,13 +9,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use basalt::ids::{ChunkKey, ChunkVersion};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::core::{CoreOptions, StoreCore};
-use super::device::{create_file, open_device};
+use super::device::{BUSY_WAIT_DEFAULT, create_file, open_device};
 use super::doorbell::Doorbell;
 use super::engine::sync::SyncEngine;
 use super::engine::uring::UringEngine;
@@ -41,7 +42,7 @@ pub enum EngineKind {
 }
 
 /// How to open a store.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct OpenOptions {
     /// Identity the drive must have.
     pub expect: Expect,
@@ -49,6 +50,19 @@ pub struct OpenOptions {
     pub core: CoreOptions,
     /// I/O engine.
     pub engine: EngineKind,
+    /// How long to wait for a previous holder of the drive's lock (see `BUSY_WAIT_DEFAULT`).
+    pub busy_wait: Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            expect: Expect::default(),
+            core: CoreOptions::default(),
+            engine: EngineKind::default(),
+            busy_wait: BUSY_WAIT_DEFAULT,
+        }
+    }
 }
 
 struct Message {
@@ -77,14 +91,19 @@ fn make_engine(
     kind: EngineKind,
     path: &Path,
     doorbell: &Doorbell,
+    busy_wait: Duration,
 ) -> Result<Box<dyn DriveEngine>, OpenError> {
-    let device = open_device(path)?;
+    let device = open_device(path, busy_wait)?;
     let bell = Some(doorbell.clone());
     Ok(match kind {
         EngineKind::IoUring => Box::new(UringEngine::new(device.file, device.size_bytes, bell)?),
         EngineKind::Blocking => Box::new(SyncEngine::new(device.file, device.size_bytes, bell)),
     })
 }
+
+/// How long `format` waits for the drive's lock: shorter than an open's wait, since formatting
+/// a drive that is in use is refused anyway.
+const FORMAT_BUSY_WAIT: Duration = Duration::from_secs(1);
 
 /// Formats the drive at `path`. With `create_size_bytes`, first creates it as a preallocated
 /// regular file of that size (it must not exist).
@@ -97,7 +116,7 @@ pub fn format(
         create_file(path, size)?;
     }
     let doorbell = Doorbell::new().map_err(MkfsError::Io)?;
-    let mut engine = match make_engine(EngineKind::IoUring, path, &doorbell) {
+    let mut engine = match make_engine(EngineKind::IoUring, path, &doorbell, FORMAT_BUSY_WAIT) {
         Ok(engine) => engine,
         Err(OpenError::Device(e)) => return Err(e.into()),
         Err(e) => return Err(FormatDriveError::Open(e)),
@@ -128,7 +147,7 @@ impl Store {
         let doorbell = Doorbell::new()?;
         let path = path.to_owned();
         let bell = doorbell.clone();
-        let make = move || make_engine(opts.engine, &path, &bell);
+        let make = move || make_engine(opts.engine, &path, &bell, opts.busy_wait);
         Self::start(make, doorbell, opts).await
     }
 

@@ -1,16 +1,17 @@
 //! `blockd format`: writing a new, empty store onto a drive.
 //!
-//! Only the fixed blocks are written: the superblocks are zeroed first, then the anchors are
+//! The superblocks are zeroed first, then the chunk-slot area is zeroed and the anchors are
 //! written, then the superblocks. A crash in between leaves a drive without a valid superblock
-//! (format again) rather than a half-formatted one that opens. The journal and slot areas are
-//! not zeroed: everything in them carries the format's random nonce, and records with another
-//! nonce are treated as never written.
+//! (format again) rather than a half-formatted one that opens. The slot area must read as
+//! zeroes (never written) because anything else there is taken for a damaged slot, which is
+//! never reused. The journal is not zeroed: every batch carries the format's random nonce and
+//! the journal generation, and anything else is treated as never written.
 
 use basalt::ids::{ClusterId, DriveId, NodeId};
 use basalt::units::BLOCK_SIZE_BYTES;
 
 use super::buf::AlignedBuf;
-use super::engine::{DriveEngine, flush, read_at, write_at};
+use super::engine::{DriveEngine, OpKind, flush, read_at, run_many, write_at};
 use super::format::{Anchor, Superblock};
 use super::geometry::{ANCHOR_OFFSET, Geometry, GeometryError, GeometryOptions, SUPERBLOCK_OFFSET};
 use super::recovery::finish_write_anchor;
@@ -73,6 +74,7 @@ pub fn format_drive(
     };
     write_at(engine, SUPERBLOCK_OFFSET, AlignedBuf::zeroed(2 * BLOCK))?;
     write_at(engine, ANCHOR_OFFSET, AlignedBuf::zeroed(2 * BLOCK))?;
+    zero_range(engine, geometry.meta_offset, geometry.data_offset)?;
     flush(engine)?;
     let anchor = Anchor {
         anchor_seq: 1,
@@ -89,6 +91,30 @@ pub fn format_drive(
     write_at(engine, SUPERBLOCK_OFFSET, blocks)?;
     flush(engine)?;
     Ok(superblock)
+}
+
+/// Bytes zeroed per write while clearing the slot area.
+const ZERO_WRITE_BYTES: u64 = 1 << 20;
+
+/// Writes zeroes over `start..end` (block aligned), many writes in flight.
+fn zero_range(engine: &mut dyn DriveEngine, start: u64, end: u64) -> std::io::Result<()> {
+    let zeroes = std::sync::Arc::new(AlignedBuf::zeroed(ZERO_WRITE_BYTES as usize));
+    let mut offset = start;
+    while offset < end {
+        let mut writes = Vec::new();
+        while offset < end && writes.len() < 64 {
+            let len = (end - offset).min(ZERO_WRITE_BYTES) as usize;
+            let buf = zeroes.clone();
+            writes.push(OpKind::Write {
+                offset,
+                buf,
+                range: 0..len,
+            });
+            offset += len as u64;
+        }
+        run_many(engine, writes)?;
+    }
+    Ok(())
 }
 
 fn refuse_existing(engine: &mut dyn DriveEngine) -> Result<(), MkfsError> {
