@@ -274,6 +274,12 @@ impl Anchor {
         block
     }
 
+    /// Device offset of the copy this anchor is written to: copies alternate with
+    /// `anchor_seq`, so a torn anchor write leaves the previous anchor intact.
+    pub fn device_offset(&self) -> u64 {
+        crate::store::geometry::ANCHOR_OFFSET + (self.anchor_seq % 2) * u64::from(BLOCK_SIZE_BYTES)
+    }
+
     /// Decodes one anchor copy.
     pub fn decode(bytes: &[u8], format_nonce: u64) -> Result<Self, FormatError> {
         let raw: AnchorRaw = read_struct(bytes)?;

@@ -23,7 +23,6 @@ use super::journal::ReqId;
 use crate::store::buf::AlignedBuf;
 use crate::store::engine::OpKind;
 use crate::store::format::{Anchor, SlotContent, SlotCursor, encode_slot};
-use crate::store::geometry::ANCHOR_OFFSET;
 use crate::store::types::Reply;
 
 /// Operations a round waits for.
@@ -201,7 +200,7 @@ impl StoreCore {
             tail_seq,
         };
         let block = anchor.encode(self.format_nonce);
-        let offset = ANCHOR_OFFSET + (anchor.anchor_seq % 2) * u64::from(BLOCK_SIZE_BYTES);
+        let offset = anchor.device_offset();
         let buf = std::sync::Arc::new(AlignedBuf::copy_from(&block));
         self.ckpt.new_anchor = Some(anchor);
         self.ckpt.phase = Phase::WritingAnchor;

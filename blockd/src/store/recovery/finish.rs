@@ -17,7 +17,7 @@ use crate::store::format::{
     Anchor, BlockEntry, RecordKind, SlotContent, SlotCursor, Superblock, decode_records,
     encode_slot,
 };
-use crate::store::geometry::{ANCHOR_OFFSET, Geometry};
+use crate::store::geometry::Geometry;
 
 const BLOCK: usize = BLOCK_SIZE_BYTES as usize;
 
@@ -246,7 +246,7 @@ pub(crate) fn write_anchor(
     anchor: &Anchor,
     nonce: u64,
 ) -> std::io::Result<()> {
-    let offset = ANCHOR_OFFSET + (anchor.anchor_seq % 2) * BLOCK as u64;
+    let offset = anchor.device_offset();
     let buf = AlignedBuf::copy_from(&anchor.encode(nonce));
     crate::store::engine::write_at(engine, offset, buf)?;
     flush(engine)
