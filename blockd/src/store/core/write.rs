@@ -345,19 +345,7 @@ impl StoreCore {
         let request = self.muts.get_mut(&id).expect("live request");
         request.segments = segments;
         request.edges = [None, None];
-        let direct: Vec<(Arc<AlignedBuf>, Vec<Run>)> = request
-            .segments
-            .iter()
-            .filter_map(|s| match s {
-                Segment::Data {
-                    buf,
-                    targets,
-                    journaled: false,
-                    ..
-                } => Some((buf.clone(), targets.clone())),
-                _ => None,
-            })
-            .collect();
+        let direct: Vec<(Arc<AlignedBuf>, Vec<Run>)> = data_writes(&request.segments, false);
         if direct.is_empty() {
             return self.journal_request(id);
         }
@@ -559,19 +547,7 @@ impl StoreCore {
     fn start_apply(&mut self, id: ReqId) {
         let request = self.muts.get_mut(&id).expect("live request");
         request.stage = Stage::Applying;
-        let writes: Vec<(Arc<AlignedBuf>, Vec<Run>)> = request
-            .segments
-            .iter()
-            .filter_map(|s| match s {
-                Segment::Data {
-                    buf,
-                    targets,
-                    journaled: true,
-                    ..
-                } => Some((buf.clone(), targets.clone())),
-                _ => None,
-            })
-            .collect();
+        let writes: Vec<(Arc<AlignedBuf>, Vec<Run>)> = data_writes(&request.segments, true);
         for (buf, targets) in writes {
             self.write_runs(id, &buf, &targets, true);
         }
@@ -691,6 +667,23 @@ impl StoreCore {
             self.free_slots.push(slot);
         }
     }
+}
+
+/// Buffers and target blocks of the data segments that are journaled (`journaled`) or written
+/// straight to their blocks (`!journaled`).
+fn data_writes(segments: &[Segment], journaled: bool) -> Vec<(Arc<AlignedBuf>, Vec<Run>)> {
+    segments
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Data {
+                buf,
+                targets,
+                journaled: j,
+                ..
+            } if *j == journaled => Some((buf.clone(), targets.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 fn is_journaled(segment: &Segment) -> bool {
