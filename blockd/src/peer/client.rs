@@ -69,7 +69,10 @@ impl Shared {
             .handle_reply(&frame.header)
             .map_err(|error| error.to_string())?;
         let pending = table.pending.remove(&request_id);
-        debug_assert!(pending.is_some(), "in-flight table and pending calls disagree");
+        debug_assert!(
+            pending.is_some(),
+            "in-flight table and pending calls disagree"
+        );
         if let Some(pending) = pending {
             // The caller may have timed out and gone; the slot is freed either way.
             let _ = pending.reply.send(frame);
@@ -107,8 +110,7 @@ impl PeerClient {
         addr: SocketAddr,
         expected_peer: Option<NodeId>,
     ) -> Result<PeerClient, PeerError> {
-        Self::connect_with_stats(config, addr, expected_peer, Arc::new(PeerStats::default()))
-            .await
+        Self::connect_with_stats(config, addr, expected_peer, Arc::new(PeerStats::default())).await
     }
 
     /// [`Self::connect`], counting into `stats` (shared by a pool).
@@ -167,6 +169,11 @@ impl PeerClient {
     /// The address dialled.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The counters this connection reports to (the pool's, for a pooled client).
+    pub fn stats(&self) -> &PeerStats {
+        self.shared.closer.stats()
     }
 
     /// Whether the connection still works (new calls can be sent).
@@ -236,7 +243,9 @@ impl PeerClient {
             // recorded request that was never sent. The queue holds at most one frame per slot.
             if shared.closer.token().is_cancelled() || self.writer.try_send(frame).is_err() {
                 drop(table);
-                shared.closer.close(CloseReason::Local, format_args!("writer gone"));
+                shared
+                    .closer
+                    .close(CloseReason::Local, format_args!("writer gone"));
                 return Err(shared.lost());
             }
         }
@@ -379,7 +388,10 @@ fn deliver_buffered(
             Err(error) => return Err((CloseReason::Frame, error.to_string())),
         };
         if !frame.header.is_reply() {
-            let detail = format!("request (id {}) sent to a client", frame.header.request_id.0);
+            let detail = format!(
+                "request (id {}) sent to a client",
+                frame.header.request_id.0
+            );
             return Err((CloseReason::Protocol, detail));
         }
         shared

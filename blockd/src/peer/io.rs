@@ -74,10 +74,7 @@ where
             return Ok(established);
         }
         input.reserve(HANDSHAKE_READ_SIZE_BYTES);
-        let read_size = stream
-            .read_buf(input)
-            .await
-            .map_err(HandshakeFailure::Io)?;
+        let read_size = stream.read_buf(input).await.map_err(HandshakeFailure::Io)?;
         let result = if read_size == 0 {
             handshake.handle_eof(input)
         } else {
@@ -285,7 +282,10 @@ mod tests {
         for written in 0..=all.len() {
             let mut queue = chunks(&parts);
             advance_chunks(&mut queue, written);
-            let left: Vec<u8> = queue.iter().flat_map(|chunk| chunk.iter().copied()).collect();
+            let left: Vec<u8> = queue
+                .iter()
+                .flat_map(|chunk| chunk.iter().copied())
+                .collect();
             assert_eq!(left, all[written..], "after {written} bytes");
             assert!(queue.iter().all(|chunk| !chunk.is_empty()));
         }

@@ -67,7 +67,9 @@ impl PeerServer {
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
-        context.tracker.spawn(accept_loop(listener, context.clone()));
+        context
+            .tracker
+            .spawn(accept_loop(listener, context.clone()));
         tracing::info!(%local_addr, node = %context.config.handshake.node, "peer server listening");
         Ok(PeerServer {
             local_addr,
@@ -167,7 +169,9 @@ async fn serve_connection<S: PeerService>(
     ));
     let (read, write) = stream.into_split();
     let (sender, queue) = mpsc::channel(context.config.server_requests_concurrent_max);
-    context.tracker.spawn(run_writer(write, queue, closer.clone()));
+    context
+        .tracker
+        .spawn(run_writer(write, queue, closer.clone()));
     read_requests(read, input, sender, &context, &closer).await;
 }
 
@@ -179,7 +183,8 @@ async fn accept_handshake<S>(
     context: &ServerContext<S>,
 ) -> Option<(NodeId, BytesMut)> {
     let deadline = context.config.handshake_timeout;
-    let mut handshake = Handshake::acceptor(context.config.handshake.clone(), Nonce(rand::random()));
+    let mut handshake =
+        Handshake::acceptor(context.config.handshake.clone(), Nonce(rand::random()));
     let mut input = BytesMut::new();
     let outcome = tokio::select! {
         () = context.cancel.cancelled() => return None,
@@ -335,7 +340,10 @@ async fn respond_control<S: PeerService>(
         }
     };
     let (kind, version) = (envelope.kind, envelope.version);
-    match service.handle_control(peer, kind, version, envelope.body).await {
+    match service
+        .handle_control(peer, kind, version, envelope.body)
+        .await
+    {
         Ok(body) => {
             let reply = ControlEnvelope {
                 kind,
