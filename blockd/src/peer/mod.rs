@@ -51,6 +51,13 @@ pub const READ_SIZE_BYTES_MIN: usize = 64 * 1024;
 /// opening a handful of connections.
 pub const SERVER_CONNECTIONS_MAX: usize = 4096;
 
+/// Most connections [`Peers`] keeps to one peer: more only adds sockets once the peer's
+/// cores are busy.
+pub const CONNECTIONS_PER_PEER_MAX: usize = 16;
+
+/// Longest reconnect backoff accepted, so a typo cannot make a peer unreachable for days.
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
 const _: () = assert!(WRITE_SLICES_MAX <= 1024);
 const _: () = assert!(READ_SIZE_BYTES_MIN >= basalt::wire::FRAME_HEADER_SIZE_BYTES);
 
@@ -70,15 +77,18 @@ pub struct PeerConfig {
     /// Requests a client may have in flight on one connection (1 ..= [`REQUESTS_IN_FLIGHT_MAX`]);
     /// further calls wait for a slot.
     pub client_requests_in_flight_max: usize,
-    /// Requests a server runs at once per connection; at the bound it stops reading.
+    /// Requests a server runs at once per connection (1 ..= [`REQUESTS_IN_FLIGHT_MAX`]); at the
+    /// bound it stops reading.
     pub server_requests_concurrent_max: usize,
     /// Connections a server keeps open (1 ..= [`SERVER_CONNECTIONS_MAX`]).
     pub server_connections_max: usize,
-    /// Connections [`Peers`] opens to each peer, used round robin.
+    /// Connections [`Peers`] opens to each peer, used round robin
+    /// (1 ..= [`CONNECTIONS_PER_PEER_MAX`]).
     pub connections_per_peer: usize,
     /// First delay before reconnecting to a peer after a failed connect.
     pub reconnect_backoff_min: Duration,
-    /// Largest delay between reconnect attempts (the delay doubles up to it).
+    /// Largest delay between reconnect attempts (the delay doubles up to it; at most
+    /// [`RECONNECT_BACKOFF_MAX`]).
     pub reconnect_backoff_max: Duration,
 }
 
@@ -100,24 +110,81 @@ impl PeerConfig {
         }
     }
 
-    /// Checks the limits; a bad value is a configuration bug, refused before any socket opens.
-    fn validate(&self) -> Result<(), PeerError> {
+    /// Checks the limits; a bad value is a configuration bug, refused before any socket opens
+    /// (every constructor calls this; the daemon may call it when loading its configuration).
+    pub fn validate(&self) -> Result<(), PeerError> {
         let bad = |field: &'static str| Err(PeerError::Config { field });
         if !(1..=REQUESTS_IN_FLIGHT_MAX).contains(&self.client_requests_in_flight_max) {
             return bad("client_requests_in_flight_max");
         }
-        if self.server_requests_concurrent_max == 0 {
+        // A client never has more in flight, so a larger bound would never be reached.
+        if !(1..=REQUESTS_IN_FLIGHT_MAX).contains(&self.server_requests_concurrent_max) {
             return bad("server_requests_concurrent_max");
         }
         if !(1..=SERVER_CONNECTIONS_MAX).contains(&self.server_connections_max) {
             return bad("server_connections_max");
         }
-        if self.connections_per_peer == 0 {
+        if !(1..=CONNECTIONS_PER_PEER_MAX).contains(&self.connections_per_peer) {
             return bad("connections_per_peer");
         }
         if self.reconnect_backoff_min > self.reconnect_backoff_max {
             return bad("reconnect_backoff_min");
         }
+        if self.reconnect_backoff_max > RECONNECT_BACKOFF_MAX {
+            return bad("reconnect_backoff_max");
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use basalt::ids::{ClusterId, NodeId};
+    use basalt::wire::{ClusterSecret, Features};
+
+    fn config() -> PeerConfig {
+        PeerConfig::new(HandshakeConfig {
+            cluster: ClusterId(uuid::Uuid::nil()),
+            node: NodeId(1),
+            secret: ClusterSecret::new(&[1; 16]).unwrap(),
+            features: Features::NONE,
+        })
+    }
+
+    /// Goal: the defaults pass, and each limit out of range is refused naming its field.
+    #[test]
+    fn config_limits_are_checked() {
+        config().validate().unwrap();
+        type Edit = fn(&mut PeerConfig);
+        let cases: [(&str, Edit); 7] = [
+            ("client_requests_in_flight_max", |c| {
+                c.client_requests_in_flight_max = REQUESTS_IN_FLIGHT_MAX + 1
+            }),
+            ("server_requests_concurrent_max", |c| {
+                c.server_requests_concurrent_max = 0
+            }),
+            ("server_connections_max", |c| c.server_connections_max = 0),
+            ("connections_per_peer", |c| {
+                c.connections_per_peer = CONNECTIONS_PER_PEER_MAX + 1
+            }),
+            ("reconnect_backoff_min", |c| {
+                c.reconnect_backoff_min = c.reconnect_backoff_max * 2
+            }),
+            ("reconnect_backoff_max", |c| {
+                c.reconnect_backoff_max = RECONNECT_BACKOFF_MAX * 2
+            }),
+            ("client_requests_in_flight_max", |c| {
+                c.client_requests_in_flight_max = 0
+            }),
+        ];
+        for (expected, edit) in cases {
+            let mut config = config();
+            edit(&mut config);
+            match config.validate() {
+                Err(PeerError::Config { field }) => assert_eq!(field, expected),
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
     }
 }
