@@ -3,4 +3,5 @@
 //! directly.
 
 pub mod cli;
+pub mod frontends;
 pub mod store;
