@@ -277,6 +277,20 @@ async fn nbdinfo_map_shows_holes_then_data() {
         ]
     );
 
+    // qemu negotiates extended headers: the same answer as 64-bit BLOCK_STATUS_EXT extents.
+    let output = run("qemu-img", &["map", "-f", "raw", "--output=json", &uri]).await;
+    let data: Vec<(u64, u64)> = json(&output)
+        .as_array()
+        .expect("qemu-img map is a JSON array")
+        .iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| {
+            let field = |name: &str| e[name].as_u64().expect("numeric map field");
+            (field("start"), field("length"))
+        })
+        .collect();
+    assert_eq!(data, vec![(offset, length)], "{}", stdout(&output));
+
     let discard = format!("discard {offset} {length}");
     run(
         "qemu-io",

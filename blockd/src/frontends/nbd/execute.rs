@@ -14,7 +14,9 @@ use crate::frontends::{Exports, VolumeBackend, VolumeError, VolumeExtent, ZeroFl
 
 /// Longest range one `BLOCK_STATUS` reply describes: every extent must fit the 32-bit length
 /// of compact replies. Clients ask again for the rest.
-const BLOCK_STATUS_SPAN_MAX: u64 = (u32::MAX / SECTOR_SIZE_BYTES * SECTOR_SIZE_BYTES) as u64;
+const BLOCK_STATUS_SPAN_BYTES_MAX: u64 = (u32::MAX / SECTOR_SIZE_BYTES * SECTOR_SIZE_BYTES) as u64;
+const _: () = assert!(BLOCK_STATUS_SPAN_BYTES_MAX.is_multiple_of(SECTOR_SIZE_BYTES as u64));
+const _: () = assert!(BLOCK_STATUS_SPAN_BYTES_MAX <= u32::MAX as u64);
 
 /// The session's view of [`Exports`]: names, sizes and features.
 pub(super) struct Catalog<'a, E>(pub(super) &'a E);
@@ -127,7 +129,7 @@ async fn perform<V: VolumeBackend>(
             let context = context.ok_or_else(|| {
                 VolumeError::Invalid("block status without base:allocation".into())
             })?;
-            let span = length.min(BLOCK_STATUS_SPAN_MAX);
+            let span = length.min(BLOCK_STATUS_SPAN_BYTES_MAX);
             let described = volume.block_status(offset, span).await?;
             let one = request.flags.contains(CommandFlags::REQ_ONE);
             let extents = to_nbd_extents(&described, span, one)?;
