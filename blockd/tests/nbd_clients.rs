@@ -640,14 +640,14 @@ async fn idle_handshake_is_dropped() {
     // Goal: a socket that connects and never negotiates is closed after the handshake
     // deadline; a connection in transmission is not subject to it.
     let config = NbdConfig {
-        handshake_timeout: Some(Duration::from_millis(500)),
+        handshake_timeout: Some(Duration::from_secs(1)),
         ..NbdConfig::default()
     };
     let h = Harness::with_config(config).await;
     let mut working = RawClient::handshake(h.addr, "vol").await;
     let mut idle = RawClient::connect(h.addr).await;
     assert_closed(&mut idle).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     working.write_read(0, &[7; 512]).await;
     h.server.shutdown().await;
 }

@@ -21,8 +21,9 @@ use tokio::task::JoinSet;
 use super::{VolumeBackend, VolumeError, VolumeExtent, ZeroFlags};
 use crate::store::{Store, StoreError};
 
-/// Chunk operations one request keeps in flight at once (a 64-bit trim can span many chunks).
-pub const PIECES_IN_FLIGHT_MAX: usize = 64;
+/// Chunk operations one request keeps in flight at once. A 64-bit trim or zeroing can span
+/// many chunks; 16 keeps a `NO_HOLE` zeroing's store buffers near 16 chunks (64 MiB).
+pub const PIECES_IN_FLIGHT_MAX: usize = 16;
 /// Chunks one `block_status` call describes at most; the caller asks again for the rest.
 pub const BLOCK_STATUS_CHUNKS_MAX: u64 = 64;
 /// Epoch stamped on chunk versions written by a local volume (there is no cluster map).
