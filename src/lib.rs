@@ -10,4 +10,5 @@ pub mod ids;
 pub mod nbd;
 pub mod placement;
 pub mod units;
+pub mod volume;
 pub mod wire;

@@ -3,5 +3,6 @@
 //! directly.
 
 pub mod cli;
+pub mod frontends;
 pub mod peer;
 pub mod store;
