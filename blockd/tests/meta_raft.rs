@@ -83,7 +83,7 @@ impl Cluster {
     async fn new(n: u64, tweak: fn(&mut MetaNodeConfig)) -> Self {
         let mut cluster = Self {
             router: MemRouter::new(),
-            root: tempfile::tempdir().unwrap(),
+            root: tempfile::tempdir().expect("create temp dir"),
             nodes: BTreeMap::new(),
             tweak,
         };
@@ -91,7 +91,10 @@ impl Cluster {
             cluster.start_node(id).await;
         }
         let voters = (1..=n).map(|id| (id, addr(id))).collect();
-        cluster.nodes[&1].initialize(voters).await.unwrap();
+        cluster.nodes[&1]
+            .initialize(voters)
+            .await
+            .expect("initialize the cluster");
         cluster
     }
 
@@ -105,7 +108,7 @@ impl Cluster {
         (self.tweak)(&mut config);
         let node = MetaNode::start(config, self.router.transport(id), Kv::default())
             .await
-            .unwrap();
+            .expect("start node");
         self.router.register(&node);
         self.router.heal(id);
         self.nodes.insert(id, node);
@@ -115,8 +118,8 @@ impl Cluster {
     async fn kill(&mut self, id: u64) {
         self.router.isolate(id);
         self.router.unregister(id);
-        let node = self.nodes.remove(&id).unwrap();
-        node.shutdown().await.unwrap();
+        let node = self.nodes.remove(&id).expect("node is running");
+        node.shutdown().await.expect("shut node down");
     }
 
     /// The single live node that believes it leads, once the others agree.
@@ -149,7 +152,7 @@ impl Cluster {
     /// Proposes through whichever node leads, following redirects, within a bounded time.
     async fn propose(&self, cmd: KvCmd) -> Option<String> {
         let deadline = Instant::now() + WAIT;
-        let mut target = *self.nodes.keys().next().unwrap();
+        let mut target = *self.nodes.keys().next().expect("cluster has nodes");
         loop {
             match self.nodes[&target].propose(&cmd).await {
                 Ok(r) => return r,
@@ -171,9 +174,11 @@ impl Cluster {
     async fn converge(&self) -> Kv {
         let leader = self.leader().await;
         let applied = self.nodes[&leader].subscribe().borrow().clone();
-        let index = applied.index.unwrap();
+        let index = applied.index.expect("leader applied something");
         for node in self.nodes.values() {
-            node.wait_applied(index, WAIT).await.unwrap();
+            node.wait_applied(index, WAIT)
+                .await
+                .expect("node catches up with the leader");
         }
         let expected = applied.state;
         for (id, node) in &self.nodes {
@@ -242,13 +247,16 @@ async fn three_nodes_elect_replicate_and_redirect() {
 fn tear_log_tail(data_dir: &Path, garbage: &[u8]) {
     let seg_dir = data_dir.join("raft").join("log");
     let newest = std::fs::read_dir(&seg_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
+        .expect("tear the log tail")
+        .map(|e| e.expect("tear the log tail").path())
         .max()
-        .unwrap();
-    let mut f = OpenOptions::new().append(true).open(newest).unwrap();
-    f.write_all(garbage).unwrap();
-    f.sync_all().unwrap();
+        .expect("tear the log tail");
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(newest)
+        .expect("tear the log tail");
+    f.write_all(garbage).expect("tear the log tail");
+    f.sync_all().expect("tear the log tail");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,23 +430,28 @@ fn entry(term: u64, index: u64, payload: Vec<u8>) -> EntryOf<TypeConfig> {
 
 async fn append(store: &mut LogStore, entries: Vec<EntryOf<TypeConfig>>) {
     let (tx, rx) = TypeConfig::oneshot();
-    store.append(entries, IOFlushed::signal(tx)).await.unwrap();
-    rx.await.unwrap().unwrap();
+    store
+        .append(entries, IOFlushed::signal(tx))
+        .await
+        .expect("append and flush");
+    rx.await
+        .expect("append and flush")
+        .expect("append and flush");
 }
 
 async fn open(dir: &Path) -> LogStore {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || LogStore::open(&dir))
         .await
-        .unwrap()
-        .unwrap()
+        .expect("open the log")
+        .expect("open the log")
 }
 
 async fn last_index(store: &mut LogStore) -> Option<u64> {
     store
         .get_log_state()
         .await
-        .unwrap()
+        .expect("log state")
         .last_log_id
         .map(|l| l.index)
 }

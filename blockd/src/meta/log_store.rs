@@ -379,34 +379,66 @@ fn lock_dir(dir: &Path) -> io::Result<File> {
     }
 }
 
+/// Reads the `state` file (vote, committed, purged), or the empty state if there is none.
+fn read_meta(dir: &Path) -> io::Result<LogMeta> {
+    match fsutil::read_optional(&dir.join("state"))? {
+        Some(bytes) => {
+            let payload = fsutil::decode_file(STATE_MAGIC, &bytes, "raft log state")?;
+            postcard::from_bytes(payload).map_err(|e| invalid(format!("raft log state: {e}")))
+        }
+        None => Ok(LogMeta::default()),
+    }
+}
+
+/// Segment files in `seg_dir` as `(first index, path)`, oldest first.
+fn list_segments(seg_dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut names = Vec::new();
+    for dirent in fs::read_dir(seg_dir)? {
+        let dirent = dirent?;
+        let name = dirent.file_name();
+        match name.to_str().and_then(parse_segment_name) {
+            Some(first) => names.push((first, dirent.path())),
+            None if name.to_string_lossy().ends_with(".tmp") => {}
+            None => {
+                tracing::warn!(file = %dirent.path().display(), "ignoring unknown file in raft log");
+            }
+        }
+    }
+    names.sort_by_key(|(first, _)| *first);
+    Ok(names)
+}
+
+/// Deletes segments wholly behind the purge point (a crash may leave them) and empty ones;
+/// returns whether any file went.
+fn remove_stale_segments(
+    segments: &mut BTreeMap<u64, Segment>,
+    purged_index: Option<u64>,
+) -> io::Result<bool> {
+    let stale: Vec<u64> = segments
+        .values()
+        .filter(|s| match (s.last_index(), purged_index) {
+            (None, _) => true,
+            (Some(last), Some(p)) => last <= p,
+            (Some(_), None) => false,
+        })
+        .map(|s| s.first_index)
+        .collect();
+    for first in &stale {
+        if let Some(seg) = segments.remove(first) {
+            fs::remove_file(&seg.path)?;
+        }
+    }
+    Ok(!stale.is_empty())
+}
+
 impl Writer {
     fn open(dir: &Path) -> io::Result<(Self, Shared)> {
         let seg_dir = dir.join("log");
         fs::create_dir_all(&seg_dir)?;
         let lock = lock_dir(dir)?;
 
-        let meta: LogMeta = match fsutil::read_optional(&dir.join("state"))? {
-            Some(bytes) => {
-                let payload = fsutil::decode_file(STATE_MAGIC, &bytes, "raft log state")?;
-                postcard::from_bytes(payload)
-                    .map_err(|e| invalid(format!("raft log state: {e}")))?
-            }
-            None => LogMeta::default(),
-        };
-
-        let mut names = Vec::new();
-        for dirent in fs::read_dir(&seg_dir)? {
-            let dirent = dirent?;
-            let name = dirent.file_name();
-            match name.to_str().and_then(parse_segment_name) {
-                Some(first) => names.push((first, dirent.path())),
-                None if name.to_string_lossy().ends_with(".tmp") => {}
-                None => {
-                    tracing::warn!(file = %dirent.path().display(), "ignoring unknown file in raft log")
-                }
-            }
-        }
-        names.sort_by_key(|(first, _)| *first);
+        let meta = read_meta(dir)?;
+        let names = list_segments(&seg_dir)?;
 
         let purged_index = meta.purged.map(|p| p.index());
         let mut segments = BTreeMap::new();
@@ -434,22 +466,7 @@ impl Writer {
             segments.insert(seg.first_index, seg);
         }
 
-        // Drop whole segments behind the purge point (a crash may have left them) and empty ones.
-        let stale: Vec<u64> = segments
-            .values()
-            .filter(|s| match (s.last_index(), purged_index) {
-                (None, _) => true,
-                (Some(last), Some(p)) => last <= p,
-                (Some(_), None) => false,
-            })
-            .map(|s| s.first_index)
-            .collect();
-        for first in stale {
-            if let Some(seg) = segments.remove(&first) {
-                fs::remove_file(&seg.path)?;
-                removed_any = true;
-            }
-        }
+        removed_any |= remove_stale_segments(&mut segments, purged_index)?;
         if removed_any {
             fsutil::sync_dir(&seg_dir)?;
         }
