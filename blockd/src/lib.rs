@@ -3,4 +3,5 @@
 //! directly.
 
 pub mod cli;
+pub mod replication;
 pub mod store;
