@@ -294,22 +294,28 @@ impl<P: Clone> Primary<P> {
             }
             self.waiting = kept;
         }
-        while let Some(front) = self.waiting.front() {
-            match front {
-                Waiting::Read(..) => break,
-                Waiting::Flush(..) if self.peering => break,
-                Waiting::Write(..)
-                    if !self.can_assign(shared)
-                        || self.pending.len() >= shared.config.limits.ops_pending_max =>
-                {
-                    break;
+        self.pump_writes(shared);
+    }
+
+    /// Assigns queued writes and registers queued flushes, in arrival order, while writes can
+    /// be assigned and `pending` has room. Called again whenever either may have changed.
+    fn pump_writes(&mut self, shared: &mut Shared<P>) {
+        loop {
+            let ready = match self.waiting.front() {
+                Some(Waiting::Write(..)) => {
+                    self.can_assign(shared)
+                        && self.pending.len() < shared.config.limits.ops_pending_max
                 }
-                _ => {}
+                Some(Waiting::Flush(..)) => !self.peering,
+                Some(Waiting::Read(..)) | None => false,
+            };
+            if !ready {
+                return;
             }
             match self.waiting.pop_front() {
                 Some(Waiting::Write(write, deadline)) => self.assign(shared, write, deadline),
                 Some(Waiting::Flush(flush, _)) => self.add_barrier(shared, flush.token),
-                Some(Waiting::Read(..)) | None => unreachable!("checked above"),
+                Some(Waiting::Read(..)) | None => {}
             }
         }
     }
@@ -333,6 +339,7 @@ impl<P: Clone> Primary<P> {
             shared.reply(op.token, Status::Ok);
         }
         self.check_flushes(shared);
+        self.pump_writes(shared);
     }
 
     fn try_complete_all(&mut self, shared: &mut Shared<P>) {
@@ -557,6 +564,7 @@ impl<P: Clone> Primary<P> {
         }
         self.run_retries(shared, now);
         self.check_flushes(shared);
+        self.pump_writes(shared);
     }
 
     /// A write missed its deadline: its outcome is unknown to the client. Members that never

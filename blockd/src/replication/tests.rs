@@ -586,10 +586,11 @@ fn replica_buffer_is_bounded_and_times_out() {
     // Goal: out-of-order copies beyond the bound get Busy; at the gap deadline the buffered
     // ones are answered Timeout and nothing was applied.
     let now = Instant::now();
-    let mut limits = Limits::default();
-    limits.replica_buffer_ops_max = 2;
     let cfg = PgConfig {
-        limits,
+        limits: Limits {
+            replica_buffer_ops_max: 2,
+            ..Limits::default()
+        },
         ..config(2)
     };
     let head = ChunkVersion::default();
@@ -682,10 +683,11 @@ fn pg_log_is_bounded_and_answers_catch_up_queries() {
     // Goal: the log keeps the newest entries, says which chunks changed after a version, and
     // refuses a version older than its tail (backfill instead).
     let now = Instant::now();
-    let mut limits = Limits::default();
-    limits.log_entries_max = 3;
     let cfg = PgConfig {
-        limits,
+        limits: Limits {
+            log_entries_max: 3,
+            ..Limits::default()
+        },
         ..config(1)
     };
     let head = ChunkVersion::default();
@@ -730,4 +732,39 @@ fn timed_out_member_cannot_rejoin_in_sync() {
         synced_through: Some(10),
     };
     assert_eq!(p.members()[1], (node(3), expected));
+}
+
+#[test]
+fn queued_writes_are_assigned_as_pending_room_frees() {
+    // Goal: writes queued while the PG was inactive are assigned in order as earlier ones
+    // complete, not only on the next map change.
+    let now = Instant::now();
+    let cfg = PgConfig {
+        limits: Limits {
+            ops_pending_max: 1,
+            ..Limits::default()
+        },
+        ..config(1)
+    };
+    let head = ChunkVersion::default();
+    let mut p: Engine = PgEngine::new(cfg, map(5, &[1], 2), head, now).unwrap();
+    accepted(p.handle_client_write(now, write(1, 5, 0)));
+    accepted(p.handle_client_write(now, write(2, 5, 0)));
+    p.handle_map(now, map(6, &[1, 2], 2)).unwrap();
+    // Node 2 was never known to this primary: it needs recovery, the PG stays inactive.
+    assert_eq!(p.state(), PgState::Inactive);
+    assert!(drain(&mut p).is_empty());
+    p.handle_map(now, map(7, &[1, 2], 1)).unwrap();
+    assert_eq!(p.pending_count(), 1);
+    assert_eq!(
+        drain(&mut p).len(),
+        1,
+        "only the local apply: node 2 is recovering"
+    );
+    p.handle_local_done(now, 1, Ok(()));
+    let actions = drain(&mut p);
+    assert_eq!(replies(&actions), vec![(1, Status::Ok)]);
+    assert!(
+        matches!(actions.last(), Some(Action::LocalApply { version, .. }) if version.version == 2)
+    );
 }
