@@ -41,5 +41,5 @@ pub use types::{
     LOG_ENTRIES_MAX_DEFAULT, Limits, MapView, MemberSync, Mutation, OP_TIMEOUT_DEFAULT,
     OPS_PENDING_MAX_DEFAULT, OPS_WAITING_MAX_DEFAULT, OpKind, Outcome, PgConfig, PgState,
     REPLICA_BUFFER_BYTES_MAX_DEFAULT, REPLICA_BUFFER_OPS_MAX_DEFAULT, RETRY_BACKOFF_DEFAULT,
-    ReplicaReply, Replicate, Token,
+    ReplicaReply, Replicate, Token, store_status,
 };

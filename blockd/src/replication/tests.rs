@@ -768,3 +768,25 @@ fn queued_writes_are_assigned_as_pending_room_frees() {
         matches!(actions.last(), Some(Action::LocalApply { version, .. }) if version.version == 2)
     );
 }
+
+#[test]
+fn opcode_and_store_status_mapping() {
+    use basalt::wire::Opcode;
+    for kind in [OpKind::Write, OpKind::Trim, OpKind::Zeroes] {
+        assert_eq!(
+            OpKind::from_replicate_opcode(kind.replicate_opcode()),
+            Some(kind)
+        );
+    }
+    assert_eq!(
+        OpKind::from_client_opcode(Opcode::WriteZeroes),
+        Some(OpKind::Zeroes)
+    );
+    assert_eq!(OpKind::from_client_opcode(Opcode::Read), None);
+    let io = crate::store::StoreError::Io(std::io::Error::other("disk"));
+    assert_eq!(store_status(&io), Status::IoError);
+    assert_eq!(
+        store_status(&crate::store::StoreError::NoSpace),
+        Status::NoSpace
+    );
+}

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use basalt::ids::{ChunkKey, ChunkVersion, Epoch, NodeId, PgId};
 use basalt::units::SECTOR_SIZE_BYTES;
-use basalt::wire::Status;
+use basalt::wire::{Opcode, Status};
+
+use crate::store::StoreError;
 
 /// Default time a client write, read or flush may wait for replicas, a map with enough members
 /// or peering before it is answered with [`Status::Timeout`]. Longer than a map change takes
@@ -83,6 +85,50 @@ pub enum OpKind {
     Trim,
     /// Make the range read as zeros.
     Zeroes,
+}
+
+impl OpKind {
+    /// The kind a gateway→primary opcode asks for; `None` for non-mutating opcodes.
+    pub fn from_client_opcode(opcode: Opcode) -> Option<Self> {
+        match opcode {
+            Opcode::Write => Some(OpKind::Write),
+            Opcode::Trim => Some(OpKind::Trim),
+            Opcode::WriteZeroes => Some(OpKind::Zeroes),
+            _ => None,
+        }
+    }
+
+    /// The kind a primary→replica opcode carries; `None` for other opcodes.
+    pub fn from_replicate_opcode(opcode: Opcode) -> Option<Self> {
+        match opcode {
+            Opcode::ReplicateWrite => Some(OpKind::Write),
+            Opcode::ReplicateTrim => Some(OpKind::Trim),
+            Opcode::ReplicateZeroes => Some(OpKind::Zeroes),
+            _ => None,
+        }
+    }
+
+    /// The REPLICATE_* opcode that carries this kind to a replica.
+    pub fn replicate_opcode(self) -> Opcode {
+        match self {
+            OpKind::Write => Opcode::ReplicateWrite,
+            OpKind::Trim => Opcode::ReplicateTrim,
+            OpKind::Zeroes => Opcode::ReplicateZeroes,
+        }
+    }
+}
+
+/// The wire status for a failed store request, as the shell reports it to the engine
+/// (`handle_local_done`) or to a client (`LocalRead`). Caller faults cannot happen for ranges
+/// the engine checked, so they map to `Invalid`.
+pub fn store_status(error: &StoreError) -> Status {
+    match error {
+        StoreError::OutOfRange { .. } => Status::OutOfRange,
+        StoreError::Misaligned { .. } | StoreError::ZeroLength => Status::Invalid,
+        StoreError::Corrupt { .. } => Status::Corrupt,
+        StoreError::NoSpace | StoreError::NoChunkSlots => Status::NoSpace,
+        StoreError::Io(_) | StoreError::Failed(_) | StoreError::Closed => Status::IoError,
+    }
 }
 
 /// A mutation with its data. `P` is the shell's payload handle (`bytes::Bytes` in the daemon):
