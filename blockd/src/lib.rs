@@ -6,4 +6,5 @@ pub mod cli;
 pub mod frontends;
 pub mod meta;
 pub mod peer;
+pub mod replication;
 pub mod store;

@@ -1,0 +1,45 @@
+//! The PG replication engine (DESIGN §4) as a sans-IO core: one [`PgEngine`] per PG per node,
+//! primary or replica as the placement map says. `docs/replication.md` describes the design,
+//! its invariants and what failover, peering and recovery (issue 5) add.
+//!
+//! The engine takes events (`handle_*`: client requests, replicate frames, replica replies,
+//! store completions, maps, timeouts) and returns [`Action`]s (`poll_action`: store
+//! submissions, frames to send, replies, failure reports). It owns no data: payloads are an
+//! opaque handle `P` (the daemon uses `bytes::Bytes`), cloned once per copy sent.
+//!
+//! # Crash consistency
+//! - Order: a primary submits a write to its store (`LocalApply`) before it sends any copy
+//!   (`Replicate`), and submits in version order; a replica submits in version order and
+//!   never skips one. The store orders overlapping writes by arrival, so every member applies
+//!   the same sequence.
+//! - Durable when: a write is acknowledged to the client only when it is durable on the primary
+//!   and on every in-sync member of the acting set, at least `min_size` copies, each with every
+//!   earlier version (durability is tracked as a prefix, so an acknowledged copy has no holes
+//!   before it).
+//! - May roll back: a write that was not acknowledged (timed out, primary lost) may survive on
+//!   some members and not others; issue 5's peering makes the members agree. Nothing is
+//!   persisted by the engine itself: the PG log lives in memory and the store's chunk versions
+//!   are the durable record.
+
+mod local;
+mod log;
+mod pg;
+mod primary;
+mod replica;
+mod types;
+
+#[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
+mod tests;
+
+pub use log::{LogEntry, PgLog};
+pub use pg::{Lease, PgEngine};
+pub use types::{
+    ACKS_WAITING_MAX_DEFAULT, Action, ChunkRange, ClientFlush, ClientRead, ClientWrite,
+    DEPARTED_MEMBERS_MAX, DUPLICATE_TOKENS_MAX, EngineError, GAP_TIMEOUT_DEFAULT,
+    LOG_ENTRIES_MAX_DEFAULT, Limits, MapView, MemberSync, Mutation, OP_TIMEOUT_DEFAULT,
+    OPS_PENDING_MAX_DEFAULT, OPS_WAITING_MAX_DEFAULT, OpKind, Outcome, PgConfig, PgState,
+    REPLICA_BUFFER_BYTES_MAX_DEFAULT, REPLICA_BUFFER_OPS_MAX_DEFAULT, RETRY_BACKOFF_DEFAULT,
+    ReplicaReply, Replicate, Token, store_status,
+};

@@ -1,0 +1,630 @@
+//! The primary role: version assignment, fan-out, acknowledgement, map changes.
+//!
+//! A write is answered `Ok` only when (1) the local store holds it durably together with every
+//! earlier version, (2) every member it was sent to (the in-sync members of the acting set at
+//! assignment that are still in the acting set) acknowledged it, and (3) the copies on members
+//! of the *current* acting set, this node included, number at least `min_size`. Members that
+//! join later are not part of it; members that leave stop being waited for.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Instant;
+
+use basalt::ids::{ChunkVersion, Epoch, NodeId};
+use basalt::wire::Status;
+
+use super::pg::Shared;
+use super::types::{
+    Action, ClientFlush, ClientRead, ClientWrite, DEPARTED_MEMBERS_MAX, MapView, MemberSync,
+    PgState, ReplicaReply, Token,
+};
+
+/// Another member of the acting set, as the primary tracks it.
+#[derive(Debug)]
+struct Member {
+    node: NodeId,
+    sync: MemberSync,
+    /// Lowest version that left `pending` (timed out) without this member's acknowledgement.
+    missed_from: Option<u64>,
+}
+
+/// A member a pending write still waits for.
+#[derive(Debug)]
+struct Waited {
+    node: NodeId,
+    /// Epoch of the latest copy sent to it.
+    sent_epoch: Epoch,
+    /// It answered `StaleEpoch` with this epoch, newer than ours: re-send once we have it.
+    stale_until: Option<Epoch>,
+}
+
+/// A write with a version, not yet answered.
+#[derive(Debug)]
+struct PendingOp<P> {
+    token: Token,
+    write: ClientWrite<P>,
+    deadline: Instant,
+    local_durable: bool,
+    waiting: Vec<Waited>,
+    acked: Vec<NodeId>,
+}
+
+/// A client request that cannot proceed yet (peering, fewer than `min_size` copies, or
+/// queued behind one that cannot), with its deadline.
+#[derive(Debug)]
+enum Waiting<P> {
+    Write(ClientWrite<P>, Instant),
+    Read(ClientRead, Instant),
+    Flush(ClientFlush, Instant),
+}
+
+impl<P> Waiting<P> {
+    fn deadline(&self) -> Instant {
+        match self {
+            Waiting::Write(_, deadline)
+            | Waiting::Read(_, deadline)
+            | Waiting::Flush(_, deadline) => *deadline,
+        }
+    }
+
+    fn token(&self) -> Token {
+        match self {
+            Waiting::Write(write, _) => write.token,
+            Waiting::Read(read, _) => read.token,
+            Waiting::Flush(flush, _) => flush.token,
+        }
+    }
+}
+
+/// A back-off re-send to a member that answered `Busy` or `Timeout`.
+#[derive(Debug)]
+struct Retry {
+    node: NodeId,
+    due: Instant,
+    /// Re-send every pending version up to this one that the member has not acknowledged.
+    up_to: u64,
+}
+
+/// State of the primary role.
+#[derive(Debug)]
+pub(crate) struct Primary<P> {
+    /// Serving is held until peering completes (issue 5; immediate for now).
+    peering: bool,
+    /// The other acting members, in map order.
+    members: Vec<Member>,
+    /// Members that left, with how far they were known in sync (bounded, oldest dropped).
+    departed: VecDeque<(NodeId, Option<u64>)>,
+    pending: BTreeMap<u64, PendingOp<P>>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    waiting: VecDeque<Waiting<P>>,
+    /// Flush barriers: (last version assigned before the flush, its token), in order.
+    flushes: VecDeque<(u64, Token)>,
+    retries: Vec<Retry>,
+    /// Members reported failed in the current epoch.
+    reported: Vec<NodeId>,
+}
+
+impl<P: Clone> Primary<P> {
+    /// A primary in the `Peering` state for the current map. Every other member is assumed in
+    /// sync: issue 5's peering replaces that assumption with the members' log heads.
+    pub(crate) fn new(shared: &Shared<P>) -> Self {
+        let me = shared.config.node;
+        let members = shared
+            .map
+            .acting
+            .iter()
+            .filter(|node| **node != me)
+            .map(|node| Member {
+                node: *node,
+                sync: MemberSync::InSync,
+                missed_from: None,
+            })
+            .collect();
+        Self {
+            peering: true,
+            members,
+            departed: VecDeque::new(),
+            pending: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            waiting: VecDeque::new(),
+            flushes: VecDeque::new(),
+            retries: Vec::new(),
+            reported: Vec::new(),
+        }
+    }
+
+    /// Leaves `Peering` and serves what queued meanwhile.
+    ///
+    /// Issue 5 calls this only once every acting member reported its log head, the longest
+    /// history was adopted (this node's head moved to it) and divergent members were marked
+    /// for recovery; and after the previous primary's read lease ran out.
+    pub(crate) fn finish_peering(&mut self, shared: &mut Shared<P>, now: Instant) {
+        debug_assert!(
+            self.pending.is_empty(),
+            "a peering primary has assigned nothing"
+        );
+        self.peering = false;
+        self.pump(shared, now);
+    }
+
+    fn in_sync_copies(&self) -> usize {
+        1 + self
+            .members
+            .iter()
+            .filter(|member| member.sync == MemberSync::InSync)
+            .count()
+    }
+
+    fn can_assign(&self, shared: &Shared<P>) -> bool {
+        !self.peering && self.in_sync_copies() >= usize::from(shared.map.min_size)
+    }
+
+    fn can_read(&self, shared: &Shared<P>, now: Instant) -> bool {
+        !self.peering && shared.lease.valid(now)
+    }
+
+    fn enqueue(&mut self, shared: &mut Shared<P>, waiting: Waiting<P>) {
+        if self.waiting.len() >= shared.config.limits.ops_waiting_max {
+            shared.reply(waiting.token(), Status::Busy);
+        } else {
+            self.waiting.push_back(waiting);
+        }
+    }
+
+    pub(crate) fn client_write(
+        &mut self,
+        shared: &mut Shared<P>,
+        now: Instant,
+        write: ClientWrite<P>,
+    ) {
+        if !write.range.is_valid(shared.config.chunk_size_bytes) {
+            shared.reply(write.token, Status::OutOfRange);
+            return;
+        }
+        let deadline = now + shared.config.limits.op_timeout;
+        if !self.waiting.is_empty() || !self.can_assign(shared) {
+            self.enqueue(shared, Waiting::Write(write, deadline));
+        } else if self.pending.len() >= shared.config.limits.ops_pending_max {
+            shared.reply(write.token, Status::Busy);
+        } else {
+            self.assign(shared, write, deadline);
+        }
+    }
+
+    pub(crate) fn client_read(&mut self, shared: &mut Shared<P>, now: Instant, read: ClientRead) {
+        if !read.range.is_valid(shared.config.chunk_size_bytes) {
+            shared.reply(read.token, Status::OutOfRange);
+        } else if self.can_read(shared, now) {
+            shared.actions.push_back(Action::LocalRead {
+                token: read.token,
+                range: read.range,
+            });
+        } else {
+            let deadline = now + shared.config.limits.op_timeout;
+            self.enqueue(shared, Waiting::Read(read, deadline));
+        }
+    }
+
+    pub(crate) fn client_flush(
+        &mut self,
+        shared: &mut Shared<P>,
+        now: Instant,
+        flush: ClientFlush,
+    ) {
+        if self.waiting.is_empty() && !self.peering {
+            self.add_barrier(shared, flush.token);
+        } else {
+            let deadline = now + shared.config.limits.op_timeout;
+            self.enqueue(shared, Waiting::Flush(flush, deadline));
+        }
+    }
+
+    /// Gives `write` the next version: local apply first, then one copy per in-sync member.
+    fn assign(&mut self, shared: &mut Shared<P>, write: ClientWrite<P>, deadline: Instant) {
+        let epoch = shared.epoch();
+        let version = ChunkVersion {
+            epoch,
+            version: shared.local.head().version + 1,
+        };
+        shared.apply_local(version, write.range, write.mutation.clone());
+        let mut waiting = Vec::with_capacity(self.members.len());
+        for member in &self.members {
+            if member.sync != MemberSync::InSync {
+                continue;
+            }
+            shared.actions.push_back(Action::Replicate {
+                to: member.node,
+                epoch,
+                version: version.version,
+                range: write.range,
+                mutation: write.mutation.clone(),
+            });
+            waiting.push(Waited {
+                node: member.node,
+                sent_epoch: epoch,
+                stale_until: None,
+            });
+        }
+        let op = PendingOp {
+            token: write.token,
+            write,
+            deadline,
+            local_durable: false,
+            waiting,
+            acked: Vec::new(),
+        };
+        let previous = self.pending.insert(version.version, op);
+        assert!(
+            previous.is_none(),
+            "version {} assigned twice",
+            version.version
+        );
+        self.deadlines.insert((deadline, version.version));
+    }
+
+    fn add_barrier(&mut self, shared: &mut Shared<P>, token: Token) {
+        self.flushes.push_back((shared.local.head().version, token));
+        self.check_flushes(shared);
+    }
+
+    /// Answers every flush whose earlier writes have all been answered.
+    fn check_flushes(&mut self, shared: &mut Shared<P>) {
+        let oldest_pending = self.pending.keys().next().copied();
+        while let Some(&(barrier, token)) = self.flushes.front() {
+            if oldest_pending.is_some_and(|oldest| oldest <= barrier) {
+                break;
+            }
+            self.flushes.pop_front();
+            shared.reply(token, Status::Ok);
+        }
+    }
+
+    /// Serves queued requests that can now proceed: reads whenever reads are possible, writes
+    /// and flushes in arrival order while writes can be assigned.
+    fn pump(&mut self, shared: &mut Shared<P>, now: Instant) {
+        if self.can_read(shared, now) {
+            let mut kept = VecDeque::with_capacity(self.waiting.len());
+            for waiting in self.waiting.drain(..) {
+                match waiting {
+                    Waiting::Read(read, _) => shared.actions.push_back(Action::LocalRead {
+                        token: read.token,
+                        range: read.range,
+                    }),
+                    other => kept.push_back(other),
+                }
+            }
+            self.waiting = kept;
+        }
+        self.pump_writes(shared);
+    }
+
+    /// Assigns queued writes and registers queued flushes, in arrival order, while writes can
+    /// be assigned and `pending` has room. Called again whenever either may have changed.
+    fn pump_writes(&mut self, shared: &mut Shared<P>) {
+        loop {
+            let ready = match self.waiting.front() {
+                Some(Waiting::Write(..)) => {
+                    self.can_assign(shared)
+                        && self.pending.len() < shared.config.limits.ops_pending_max
+                }
+                Some(Waiting::Flush(..)) => !self.peering,
+                Some(Waiting::Read(..)) | None => false,
+            };
+            if !ready {
+                return;
+            }
+            match self.waiting.pop_front() {
+                Some(Waiting::Write(write, deadline)) => self.assign(shared, write, deadline),
+                Some(Waiting::Flush(flush, _)) => self.add_barrier(shared, flush.token),
+                Some(Waiting::Read(..)) | None => {}
+            }
+        }
+    }
+
+    fn is_complete(op: &PendingOp<P>, map: &MapView) -> bool {
+        let copies = 1 + op.acked.iter().filter(|node| map.contains(**node)).count();
+        op.local_durable && op.waiting.is_empty() && copies >= usize::from(map.min_size)
+    }
+
+    /// Answers `version` if it is complete.
+    fn try_complete(&mut self, shared: &mut Shared<P>, version: u64) {
+        let Some(op) = self.pending.get(&version) else {
+            return;
+        };
+        if !Self::is_complete(op, &shared.map) {
+            return;
+        }
+        let deadline = op.deadline;
+        if let Some(op) = self.pending.remove(&version) {
+            self.deadlines.remove(&(deadline, version));
+            shared.reply(op.token, Status::Ok);
+        }
+        self.check_flushes(shared);
+        self.pump_writes(shared);
+    }
+
+    fn try_complete_all(&mut self, shared: &mut Shared<P>) {
+        let versions: Vec<u64> = self.pending.keys().copied().collect();
+        for version in versions {
+            self.try_complete(shared, version);
+        }
+    }
+
+    /// The local store's durable prefix grew.
+    pub(crate) fn local_durable(&mut self, shared: &mut Shared<P>) {
+        let durable = shared.local.durable_through();
+        let mut newly = Vec::new();
+        for (version, op) in self.pending.range_mut(..=durable) {
+            if !op.local_durable {
+                op.local_durable = true;
+                newly.push(*version);
+            }
+        }
+        for version in newly {
+            self.try_complete(shared, version);
+        }
+    }
+
+    fn resend(shared: &mut Shared<P>, version: u64, op: &mut PendingOp<P>, index: usize) {
+        let epoch = shared.epoch();
+        let waited = &mut op.waiting[index];
+        waited.sent_epoch = epoch;
+        waited.stale_until = None;
+        shared.actions.push_back(Action::Replicate {
+            to: waited.node,
+            epoch,
+            version,
+            range: op.write.range,
+            mutation: op.write.mutation.clone(),
+        });
+    }
+
+    pub(crate) fn replica_reply(
+        &mut self,
+        shared: &mut Shared<P>,
+        now: Instant,
+        reply: ReplicaReply,
+    ) {
+        let Some(op) = self.pending.get_mut(&reply.version) else {
+            return;
+        };
+        let Some(index) = op.waiting.iter().position(|w| w.node == reply.from) else {
+            return;
+        };
+        match reply.status {
+            Status::Ok => {
+                op.waiting.swap_remove(index);
+                op.acked.push(reply.from);
+                self.try_complete(shared, reply.version);
+            }
+            Status::StaleEpoch => {
+                let waited = &mut op.waiting[index];
+                if reply.epoch <= waited.sent_epoch {
+                    // Answer to an older copy; a newer one is on its way.
+                } else if reply.epoch <= shared.epoch() {
+                    Self::resend(shared, reply.version, op, index);
+                } else {
+                    waited.stale_until =
+                        Some(reply.epoch.max(waited.stale_until.unwrap_or_default()));
+                }
+            }
+            Status::Busy | Status::Timeout => self.schedule_retry(shared, now, reply),
+            status => {
+                tracing::warn!(pg = %shared.config.pg, node = %reply.from, ?status, "replica failed a write");
+                self.report(shared, reply.from);
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self, shared: &Shared<P>, now: Instant, reply: ReplicaReply) {
+        if let Some(retry) = self.retries.iter_mut().find(|r| r.node == reply.from) {
+            retry.up_to = retry.up_to.max(reply.version);
+        } else {
+            self.retries.push(Retry {
+                node: reply.from,
+                due: now + shared.config.limits.retry_backoff,
+                up_to: reply.version,
+            });
+        }
+    }
+
+    fn report(&mut self, shared: &mut Shared<P>, node: NodeId) {
+        if !self.reported.contains(&node) {
+            self.reported.push(node);
+            shared.actions.push_back(Action::ReportFailure {
+                node,
+                epoch: shared.epoch(),
+            });
+        }
+    }
+
+    pub(crate) fn peer_lost(&mut self, shared: &mut Shared<P>, node: NodeId) {
+        if self.members.iter().any(|member| member.node == node) {
+            self.report(shared, node);
+        }
+    }
+
+    /// Every version up to the returned one is known durable on `member`.
+    fn synced_through(&self, shared: &Shared<P>, member: &Member) -> Option<u64> {
+        let recorded = match member.sync {
+            MemberSync::InSync => Some(shared.local.head().version),
+            MemberSync::NeedsRecovery { synced_through } => synced_through,
+        };
+        let missed = member.missed_from.map(|version| version - 1);
+        let unacked = self
+            .pending
+            .iter()
+            .find(|(_, op)| op.waiting.iter().any(|w| w.node == member.node))
+            .map(|(version, _)| version - 1);
+        [recorded, missed, unacked]
+            .into_iter()
+            .flatten()
+            .min()
+            .filter(|_| recorded.is_some())
+    }
+
+    /// How a member that (re)joins the acting set stands.
+    fn rejoin_sync(&mut self, shared: &Shared<P>, node: NodeId) -> MemberSync {
+        let synced_through = match self.departed.iter().position(|(n, _)| *n == node) {
+            Some(index) => self.departed.remove(index).and_then(|(_, through)| through),
+            None => None,
+        };
+        if synced_through == Some(shared.local.head().version) {
+            MemberSync::InSync
+        } else {
+            MemberSync::NeedsRecovery { synced_through }
+        }
+    }
+
+    /// The map changed and this node is still the primary.
+    pub(crate) fn map_changed(&mut self, shared: &mut Shared<P>, now: Instant, old: &MapView) {
+        debug_assert!(shared.map.epoch > old.epoch);
+        self.reported.clear();
+        let me = shared.config.node;
+        for member in std::mem::take(&mut self.members) {
+            if shared.map.contains(member.node) {
+                self.members.push(member);
+                continue;
+            }
+            let through = self.synced_through(shared, &member);
+            if self.departed.len() == DEPARTED_MEMBERS_MAX {
+                self.departed.pop_front();
+            }
+            self.departed.push_back((member.node, through));
+            for op in self.pending.values_mut() {
+                op.waiting.retain(|w| w.node != member.node);
+            }
+            self.retries.retain(|retry| retry.node != member.node);
+        }
+        let arrivals: Vec<NodeId> = (shared.map.acting.iter().copied())
+            .filter(|node| *node != me && !self.members.iter().any(|m| m.node == *node))
+            .collect();
+        for node in arrivals {
+            let sync = self.rejoin_sync(shared, node);
+            tracing::info!(pg = %shared.config.pg, %node, ?sync, "member joined the acting set");
+            self.members.push(Member {
+                node,
+                sync,
+                missed_from: None,
+            });
+        }
+        let order = &shared.map.acting;
+        self.members
+            .sort_by_key(|m| order.iter().position(|node| *node == m.node));
+        self.resend_stale(shared);
+        self.try_complete_all(shared);
+        self.pump(shared, now);
+        self.check_flushes(shared);
+    }
+
+    /// Re-sends copies a member refused as stale, now that our epoch caught up with its own.
+    fn resend_stale(&mut self, shared: &mut Shared<P>) {
+        let epoch = shared.epoch();
+        for (version, op) in self.pending.iter_mut() {
+            for index in 0..op.waiting.len() {
+                if op.waiting[index]
+                    .stale_until
+                    .is_some_and(|until| until <= epoch)
+                {
+                    Self::resend(shared, *version, op, index);
+                }
+            }
+        }
+    }
+
+    /// Answers every client request with `status` (this node stops being the primary, or its
+    /// store failed). Local applies already submitted still complete through the shared state.
+    pub(crate) fn step_down(&mut self, shared: &mut Shared<P>, status: Status) {
+        for (_, op) in std::mem::take(&mut self.pending) {
+            shared.reply(op.token, status);
+        }
+        self.deadlines.clear();
+        for waiting in std::mem::take(&mut self.waiting) {
+            shared.reply(waiting.token(), status);
+        }
+        for (_, token) in std::mem::take(&mut self.flushes) {
+            shared.reply(token, status);
+        }
+        self.retries.clear();
+    }
+
+    pub(crate) fn timeout(&mut self, shared: &mut Shared<P>, now: Instant) {
+        while let Some(&(deadline, version)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(op) = self.pending.remove(&version) {
+                self.expire(shared, version, op);
+            }
+        }
+        while self.waiting.front().is_some_and(|w| w.deadline() <= now) {
+            if let Some(waiting) = self.waiting.pop_front() {
+                shared.reply(waiting.token(), Status::Timeout);
+            }
+        }
+        self.run_retries(shared, now);
+        self.check_flushes(shared);
+        self.pump_writes(shared);
+    }
+
+    /// A write missed its deadline: its outcome is unknown to the client. Members that never
+    /// acknowledged it may lack it, so they are reported and can no longer rejoin as in sync.
+    fn expire(&mut self, shared: &mut Shared<P>, version: u64, op: PendingOp<P>) {
+        tracing::warn!(pg = %shared.config.pg, version, waiting = op.waiting.len(), "write timed out");
+        shared.reply(op.token, Status::Timeout);
+        for waited in &op.waiting {
+            if let Some(member) = self.members.iter_mut().find(|m| m.node == waited.node) {
+                member.missed_from = Some(member.missed_from.map_or(version, |m| m.min(version)));
+            }
+            self.report(shared, waited.node);
+        }
+    }
+
+    fn run_retries(&mut self, shared: &mut Shared<P>, now: Instant) {
+        let (due, later): (Vec<Retry>, Vec<Retry>) = std::mem::take(&mut self.retries)
+            .into_iter()
+            .partition(|r| r.due <= now);
+        self.retries = later;
+        for retry in due {
+            for (version, op) in self.pending.range_mut(..=retry.up_to) {
+                if let Some(index) = op.waiting.iter().position(|w| w.node == retry.node) {
+                    Self::resend(shared, *version, op, index);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let op = self.deadlines.first().map(|(deadline, _)| *deadline);
+        let waiting = self.waiting.front().map(Waiting::deadline);
+        let retry = self.retries.iter().map(|r| r.due).min();
+        [op, waiting, retry].into_iter().flatten().min()
+    }
+}
+
+impl<P> Primary<P> {
+    pub(crate) fn state(&self, shared: &Shared<P>) -> PgState {
+        let in_sync = 1 + self
+            .members
+            .iter()
+            .filter(|m| m.sync == MemberSync::InSync)
+            .count();
+        if self.peering {
+            PgState::Peering
+        } else if in_sync < usize::from(shared.map.min_size) {
+            PgState::Inactive
+        } else if in_sync <= self.members.len() {
+            PgState::Degraded
+        } else {
+            PgState::Active
+        }
+    }
+
+    pub(crate) fn members(&self) -> Vec<(NodeId, MemberSync)> {
+        self.members.iter().map(|m| (m.node, m.sync)).collect()
+    }
+
+    pub(crate) fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+}
