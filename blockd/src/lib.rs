@@ -8,3 +8,4 @@ pub mod meta;
 pub mod peer;
 pub mod replication;
 pub mod store;
+pub mod view;
