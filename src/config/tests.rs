@@ -127,8 +127,7 @@ fn unknown_keys_are_refused_by_name() {
 }
 
 #[test]
-fn bad_values_are_refused_naming_the_key() {
-    let secretless = "node_id = 1\ndata_dir = \"d\"\n[security]\n";
+fn bad_meta_and_cluster_values_name_the_key() {
     let cases: Vec<(Result<NodeConfig, ConfigError>, &str)> = vec![
         (
             parse(&minimal().replace("node_id = 7", "node_id = 0")),
@@ -179,6 +178,20 @@ fn bad_values_are_refused_naming_the_key() {
             parse(&minimal().replace("[security]", "[cluster]\nchunk_size = \"3M\"\n[security]")),
             "cluster.chunk_size:",
         ),
+    ];
+    for (result, expected) in cases {
+        let message = error_of(result);
+        assert!(
+            message.starts_with(expected),
+            "want {expected:?}, got {message:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_listen_drive_and_security_values_name_the_key() {
+    let secretless = "node_id = 1\ndata_dir = \"d\"\n[security]\n";
+    let cases: Vec<(Result<NodeConfig, ConfigError>, &str)> = vec![
         (
             with("[[drives]]\npath = \"a\"\n[[drives]]\npath = \"b\"\nsize = 1000\n"),
             "drives[1].size:",
@@ -279,4 +292,13 @@ fn local_cluster_configs_validate_and_round_trip() {
         let parsed = NodeConfig::parse(&text, Path::new("/elsewhere")).unwrap();
         assert_eq!(parsed, config, "{text}");
     }
+}
+
+#[test]
+fn cluster_id_parses_as_a_uuid() {
+    let id = "5f0c6d2e-8a1b-4c3d-9e4f-0a1b2c3d4e5f";
+    let config = parse(&format!("cluster_id = \"{id}\"\n{}", minimal())).unwrap();
+    assert_eq!(config.cluster_id.unwrap().to_string(), id);
+    let message = error_of(parse(&format!("cluster_id = \"nope\"\n{}", minimal())));
+    assert!(message.contains("cluster_id"), "{message}");
 }

@@ -103,3 +103,42 @@ fn refuses_bodies_that_are_garbage_long_or_invalid() {
         Err(SnapshotError::Invalid(_))
     ));
 }
+
+#[test]
+fn commands_and_results_round_trip_through_postcard() {
+    // The Raft glue stores commands in its log and hands results back with postcard.
+    let commands = [
+        init_kind(16),
+        register_kind(3),
+        CommandKind::RecordHeartbeats {
+            beats: vec![(NodeId(1), T0)],
+        },
+        CommandKind::MarkNodeOut {
+            node: NodeId(2),
+            by_operator: true,
+        },
+        CommandKind::CreateVolume {
+            name: "v".into(),
+            size_bytes: GIB,
+            replicas: Some(2),
+            idempotency_key: Some("k".into()),
+        },
+        CommandKind::AddToken {
+            name: "t".into(),
+            role: TokenRole::ReadOnly,
+            token_sha256: [9; 32],
+        },
+    ];
+    let mut state = cluster(3, 16);
+    for kind in commands {
+        let command = Command::new(T0 + 50, kind);
+        let bytes = postcard::to_allocvec(&command).unwrap();
+        assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), command);
+        let result = state.apply(&command);
+        let bytes = postcard::to_allocvec(&result).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<CommandResult>(&bytes).unwrap(),
+            result
+        );
+    }
+}
