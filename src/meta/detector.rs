@@ -68,12 +68,11 @@ pub struct FailureDetector {
 impl FailureDetector {
     /// A detector for a leader that took over at `now_ms` (Unix ms).
     pub fn new(down_after: Duration, out_after: Duration, now_ms: u64) -> Self {
-        let down_after_ms = u64::try_from(down_after.as_millis()).unwrap_or(u64::MAX);
+        // Sub-millisecond settings round up to 1 ms: a zero grace would mark everyone down.
+        let down_after_ms = u64::try_from(down_after.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let out_after_ms = u64::try_from(out_after.as_millis()).unwrap_or(u64::MAX);
-        assert!(
-            down_after_ms > 0,
-            "down_after must be > 0 (config validation)"
-        );
         Self {
             down_after_ms,
             out_after_ms,
