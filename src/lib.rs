@@ -6,9 +6,13 @@
 //! every piece unit-testable and fuzzable, and keeps the daemon's async code a thin shell.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod config;
 pub mod ids;
+pub mod meta;
 pub mod nbd;
 pub mod placement;
+pub mod size;
 pub mod units;
 pub mod volume;
 pub mod wire;
