@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod frontends;
 pub mod meta;
+pub mod node;
 pub mod peer;
 pub mod replication;
 pub mod store;

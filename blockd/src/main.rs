@@ -1,7 +1,7 @@
 //! `blockd`: the Basalt storage node daemon.
 //!
-//! So far it formats and inspects drives and runs a single-drive demonstration; the cluster
-//! roles (metadata service, replication, NBD export) arrive as they are built.
+//! `blockd --config node.toml` (or `blockd run --config node.toml`) runs a storage node;
+//! `format`, `inspect` and `demo` work on single drives.
 
 use std::process::ExitCode;
 
@@ -12,12 +12,17 @@ use blockd::cli::{demo, drive};
 #[derive(Parser)]
 #[command(name = "blockd", version, about = "Basalt storage node daemon")]
 struct Cli {
+    /// Run a node with this configuration file (same as `blockd run --config FILE`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a storage node.
+    Run(blockd::cli::run::RunArgs),
     /// Initialise a drive (block device or file) for Basalt.
     Format(drive::FormatArgs),
     /// Open a drive, recover it, and print its identity, geometry and usage.
@@ -30,10 +35,16 @@ enum Command {
 fn main() -> ExitCode {
     blockd::cli::init_logging();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Format(args) => drive::format(&args),
-        Command::Inspect(args) => drive::inspect(&args),
-        Command::Demo(args) => demo::run(&args),
+    let result = match (cli.command, cli.config) {
+        (Some(Command::Run(args)), None) => blockd::cli::run::run(&args.config),
+        (None, Some(config)) => blockd::cli::run::run(&config),
+        (None, None) => Err(anyhow::anyhow!(
+            "nothing to do: give --config FILE to run a node, or a subcommand (see --help)"
+        )),
+        (Some(_), Some(_)) => Err(anyhow::anyhow!(
+            "--config runs a node; it cannot be combined with a subcommand"
+        )),
+        (Some(command), None) => run_command(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -41,5 +52,14 @@ fn main() -> ExitCode {
             eprintln!("blockd: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(args) => blockd::cli::run::run(&args.config),
+        Command::Format(args) => drive::format(&args),
+        Command::Inspect(args) => drive::inspect(&args),
+        Command::Demo(args) => demo::run(&args),
     }
 }

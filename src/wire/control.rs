@@ -44,6 +44,12 @@ impl ControlKind {
     pub const PG_LOG: ControlKind = ControlKind(3);
     /// Recovery and backfill reads of whole chunks or ranges.
     pub const RECOVERY_READ: ControlKind = ControlKind(4);
+    /// Metadata commands forwarded to the Raft leader by a node that is not the leader.
+    pub const META_PROPOSE: ControlKind = ControlKind(5);
+    /// A new node asking the cluster to add it to the metadata service's membership.
+    pub const META_JOIN: ControlKind = ControlKind(6);
+    /// Liveness beacons from every node to the metadata leader (failure detection).
+    pub const HEARTBEAT: ControlKind = ControlKind(7);
 }
 
 impl fmt::Display for ControlKind {

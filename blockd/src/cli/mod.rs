@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod drive;
+pub mod run;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {

@@ -24,7 +24,7 @@ pub mod mkfs;
 pub mod recovery;
 pub mod types;
 
-pub use self::handle::{OpenOptions, Store};
+pub use self::handle::{OpenOptions, Store, format};
 pub use self::mkfs::FormatOptions;
 pub use self::recovery::{Expect, OpenError};
 pub use self::types::{ChunkInfo, Extent, StoreError, StoreStats};

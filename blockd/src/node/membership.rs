@@ -1,0 +1,260 @@
+//! The node's life in the cluster: bootstrap or join the metadata service, register its
+//! addresses and drives, heartbeat the leader, and (while leader) run the failure detector.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use basalt::ids::NodeId;
+use basalt::meta::{CommandKind, DriveInfo, FailureDetector, NodeAddresses};
+use basalt::wire::ControlKind;
+use tokio_util::sync::CancellationToken;
+
+use super::control::{self, Heartbeat, JoinReply, JoinRequest, META_CONTROL_VERSION};
+use super::{NodeShared, now_unix_ms};
+use crate::peer::PeerClient;
+
+/// Pause between attempts of a start-up step that failed (no leader yet, peer unreachable).
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// How often the leader's failure detector looks at heartbeat ages.
+const DETECTOR_TICK: Duration = Duration::from_millis(250);
+
+/// How often the leader records heartbeat times in the replicated state (for the API).
+const RECORD_HEARTBEATS_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs until `cancel`: join, register, then heartbeat and detect failures.
+pub async fn run(shared: Arc<NodeShared>, cancel: CancellationToken) {
+    let start = async {
+        enter_membership(&shared).await;
+        register(&shared).await;
+    };
+    tokio::select! {
+        () = cancel.cancelled() => return,
+        () = start => {}
+    }
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        () = heartbeat_loop(&shared) => {}
+        () = detector_loop(&shared) => {}
+    }
+}
+
+/// Makes this node a member of the Raft group: initialises it on the bootstrap voter, or asks
+/// the nodes in `meta.join` until the leader adds it. A restarted member skips this.
+async fn enter_membership(shared: &NodeShared) {
+    let me = shared.node_id.0;
+    let status = shared.meta.status();
+    if status.voters.contains_key(&me) || status.learners.contains_key(&me) {
+        return;
+    }
+    let advertise = shared.config.peer_advertise();
+    if shared.config.meta.bootstrap {
+        loop {
+            let voters = BTreeMap::from([(me, advertise.clone())]);
+            match shared.meta.initialize(voters).await {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, "bootstrap: initialise the metadata service"),
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        tracing::info!("bootstrapped a new metadata service");
+        return;
+    }
+    let request = JoinRequest {
+        node: shared.node_id,
+        peer_addr: advertise,
+        role: shared.config.meta.role,
+    };
+    let mut targets: Vec<String> = shared.config.meta.join.clone();
+    loop {
+        let mut next = Vec::new();
+        for target in &targets {
+            match ask_to_join(shared, target, &request).await {
+                Ok(JoinReply::Joined) => {
+                    tracing::info!(via = %target, "joined the cluster");
+                    return;
+                }
+                Ok(JoinReply::NotLeader {
+                    leader: Some((_, addr)),
+                }) => next.push(addr),
+                Ok(JoinReply::NotLeader { leader: None }) => {}
+                Ok(JoinReply::Failed(e)) => {
+                    tracing::warn!(via = %target, error = %e, "join refused")
+                }
+                Err(e) => tracing::debug!(via = %target, error = %e, "join attempt failed"),
+            }
+        }
+        next.extend(shared.config.meta.join.iter().cloned());
+        next.dedup();
+        targets = next;
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+async fn ask_to_join(
+    shared: &NodeShared,
+    target: &str,
+    request: &JoinRequest,
+) -> Result<JoinReply, String> {
+    let addr: SocketAddr = target.parse().map_err(|e| format!("bad address: {e}"))?;
+    let client = PeerClient::connect(&shared.peer_config, addr, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply = client
+        .call_control(
+            ControlKind::META_JOIN,
+            META_CONTROL_VERSION,
+            control::encode(request),
+        )
+        .await
+        .map_err(|e| e.to_string());
+    client.close().await;
+    postcard::from_bytes(&reply?).map_err(|e| format!("bad reply: {e}"))
+}
+
+/// Creates the cluster record (bootstrap voter only, once) and registers this node's
+/// addresses and drives; retried until the metadata service accepts them.
+async fn register(shared: &NodeShared) {
+    if shared.config.meta.bootstrap {
+        loop {
+            if shared.meta.read_state().cluster().is_some() {
+                break;
+            }
+            let params = &shared.config.cluster;
+            let kind = CommandKind::InitCluster {
+                cluster_id: shared.cluster_id,
+                chunk_size_bytes: u32::try_from(params.chunk_size.0).unwrap_or(u32::MAX),
+                pg_count: params.pg_count,
+                default_replicas: params.replicas,
+                min_size: params.min_size,
+            };
+            match shared.propose(kind).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cluster initialisation refused");
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "cluster initialisation"),
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+    let mut drives = Vec::new();
+    for (id, store) in &shared.stores {
+        let capacity_bytes = match store.stats().await {
+            Ok(stats) => stats.capacity_bytes,
+            Err(e) => {
+                tracing::warn!(drive = %id, error = %e, "drive stats");
+                0
+            }
+        };
+        drives.push(DriveInfo {
+            id: *id,
+            capacity_bytes,
+        });
+    }
+    let config = &shared.config;
+    let kind = CommandKind::RegisterNode {
+        node: shared.node_id,
+        addresses: NodeAddresses {
+            peer: config.peer_advertise(),
+            api: config.api_advertise(),
+            nbd: Some(config.nbd.listen.to_string()),
+        },
+        zone: config.zone.clone(),
+        role: config.meta.role,
+        drives,
+    };
+    loop {
+        match shared.propose(kind.clone()).await {
+            Ok(Ok(_)) => {
+                tracing::info!("registered with the metadata service");
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "registration refused"),
+            Err(e) => tracing::warn!(error = %e, "registration"),
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// Sends a heartbeat to the current leader every `meta.heartbeat_interval`.
+async fn heartbeat_loop(shared: &NodeShared) {
+    let mut ticker = tokio::time::interval(shared.config.meta.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some((leader, addr)) = shared.meta.leader() else {
+            continue;
+        };
+        if leader == shared.node_id.0 {
+            shared.record_heartbeat(shared.node_id);
+            continue;
+        }
+        let node = NodeId(leader);
+        if let Ok(addr) = addr.parse::<SocketAddr>()
+            && shared.peers.address(node) != Some(addr)
+        {
+            shared.peers.set_address(node, addr);
+        }
+        let body = control::encode(&Heartbeat {
+            node: shared.node_id,
+        });
+        if let Err(e) = shared
+            .peers
+            .call_control(node, ControlKind::HEARTBEAT, META_CONTROL_VERSION, body)
+            .await
+        {
+            tracing::debug!(leader, error = %e, "heartbeat not delivered");
+        }
+    }
+}
+
+/// While this node leads: marks silent nodes down/out and returning ones up.
+async fn detector_loop(shared: &NodeShared) {
+    let meta_config = &shared.config.meta;
+    let mut last_record = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(DETECTOR_TICK).await;
+        if !shared.meta.is_leader() {
+            if let Ok(mut detector) = shared.detector.lock() {
+                *detector = None;
+            }
+            continue;
+        }
+        let now = now_unix_ms();
+        let state = shared.meta.read_state();
+        let (proposals, beats) = {
+            let Ok(mut guard) = shared.detector.lock() else {
+                continue;
+            };
+            let detector = guard.get_or_insert_with(|| {
+                tracing::info!("leading the metadata service: failure detector started");
+                FailureDetector::new(meta_config.down_after, meta_config.out_after, now)
+            });
+            detector.handle_heartbeat(shared.node_id, now);
+            let proposals = detector.tick(now, &state);
+            (proposals, detector.heartbeats())
+        };
+        for proposal in proposals {
+            let kind = proposal.command();
+            tracing::info!(command = %kind, "failure detector");
+            match shared.propose(kind).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::info!(error = %e, "failure detector proposal refused"),
+                Err(e) => tracing::warn!(error = %e, "failure detector proposal"),
+            }
+        }
+        if last_record.elapsed() >= RECORD_HEARTBEATS_EVERY && !beats.is_empty() {
+            last_record = tokio::time::Instant::now();
+            if let Err(e) = shared
+                .propose(CommandKind::RecordHeartbeats { beats })
+                .await
+            {
+                tracing::debug!(error = %e, "recording heartbeats");
+            }
+        }
+    }
+}

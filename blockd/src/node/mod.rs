@@ -1,0 +1,332 @@
+//! A running storage node: the composition of drives, peer transport, metadata service and
+//! (as they land) the data path and API, started from a [`NodeConfig`].
+//!
+//! Start-up order: identity (cluster id, secret) → drives → peer pool → Raft node → peer
+//! listener (Raft, proposal forwarding, joins, heartbeats) → membership task (bootstrap or
+//! join, register, heartbeat, failure detection on the leader) → view publisher.
+
+pub mod control;
+pub mod drives;
+pub mod identity;
+mod membership;
+pub mod raft;
+mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use basalt::config::NodeConfig;
+use basalt::ids::{ClusterId, DriveId, NodeId};
+use basalt::meta::{Command, CommandKind, CommandResult, FailureDetector, MetaState, NodeRole};
+use basalt::wire::{ControlKind, Features, HandshakeConfig};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::meta::{MetaNode, MetaNodeConfig, ProposeError};
+use crate::peer::{PeerConfig, PeerServer, Peers, Router};
+use crate::store::Store;
+use crate::view::{ClusterView, ViewReceiver};
+use control::{
+    HeartbeatHandler, JoinHandler, JoinReply, JoinRequest, META_CONTROL_VERSION, ProposeHandler,
+    ProposeReply, ProposeRequest, RaftHandler,
+};
+
+/// How long a forwarded proposal may take end to end before the caller gets an error.
+pub const PROPOSE_BOUND: Duration = Duration::from_secs(10);
+
+/// Why a proposal made through [`NodeShared::propose`] did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeFailure {
+    /// No leader could be found or reached within the bound (election, partition).
+    #[error("no metadata leader reachable: {0}")]
+    NoLeader(String),
+    /// The leader cannot reach a quorum of voters.
+    #[error("metadata service has no quorum")]
+    NoQuorum,
+    /// The outcome is unknown (timeout, leadership change).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// Refused by the Raft layer for another reason.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// State shared by the node's tasks and peer handlers.
+pub struct NodeShared {
+    /// This node.
+    pub node_id: NodeId,
+    /// The cluster this node belongs to.
+    pub cluster_id: ClusterId,
+    /// The validated configuration.
+    pub config: NodeConfig,
+    /// The metadata service's Raft node.
+    pub meta: MetaNode<MetaState>,
+    /// Authenticated connections to other nodes.
+    pub peers: Arc<Peers>,
+    /// Limits and handshake identity for peer connections.
+    pub peer_config: PeerConfig,
+    /// This node's drives, by drive id.
+    pub stores: BTreeMap<DriveId, Arc<Store>>,
+    /// The leader's failure detector (None while not leader).
+    detector: Mutex<Option<FailureDetector>>,
+    /// The data path's view of the cluster.
+    view_rx: ViewReceiver,
+}
+
+/// A started node. Dropping it does not stop it: call [`Node::shutdown`].
+pub struct Node {
+    shared: Arc<NodeShared>,
+    server: PeerServer,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Milliseconds since the Unix epoch by the local clock (stamped into commands).
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Node {
+    /// Starts a node from its configuration: opens (or creates) its drives, starts the
+    /// metadata service and the peer listener, and bootstraps or joins the cluster in the
+    /// background.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        let secret = identity::load_secret(&config)?;
+        let cluster_id = identity::cluster_id(&config, &secret);
+        let node_id = config.node_id;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("data_dir {}", config.data_dir.display()))?;
+
+        let stores = drives::open_all(&config, cluster_id).await?;
+
+        let handshake = HandshakeConfig {
+            cluster: cluster_id,
+            node: node_id,
+            secret: secret.secret.clone(),
+            features: Features::default(),
+        };
+        let peer_config = PeerConfig::new(handshake);
+        let peers = Arc::new(Peers::new(peer_config.clone()).context("peer pool")?);
+
+        let mut meta_config = MetaNodeConfig::new(node_id.0, config.data_dir.join("meta"));
+        meta_config.cluster_name = cluster_id.to_string();
+        let transport = Arc::new(raft::PeerRaftTransport::new(Arc::clone(&peers)));
+        let meta = MetaNode::start(meta_config, transport, MetaState::new())
+            .await
+            .context("metadata service")?;
+
+        let (view_tx, view_rx) = watch::channel(Arc::new(view::build(&meta.read_state())));
+        let shared = Arc::new(NodeShared {
+            node_id,
+            cluster_id,
+            config,
+            meta,
+            peers,
+            peer_config: peer_config.clone(),
+            stores,
+            detector: Mutex::new(None),
+            view_rx,
+        });
+
+        let router = Router::new()
+            .with_control(
+                ControlKind::RAFT,
+                Arc::new(RaftHandler(Arc::clone(&shared))),
+            )
+            .with_control(
+                ControlKind::META_PROPOSE,
+                Arc::new(ProposeHandler(Arc::clone(&shared))),
+            )
+            .with_control(
+                ControlKind::META_JOIN,
+                Arc::new(JoinHandler(Arc::clone(&shared))),
+            )
+            .with_control(
+                ControlKind::HEARTBEAT,
+                Arc::new(HeartbeatHandler(Arc::clone(&shared))),
+            );
+        let listen = shared.config.peer.listen;
+        let server = PeerServer::bind(listen, peer_config, Arc::new(router))
+            .await
+            .with_context(|| format!("peer.listen {listen}"))?;
+        tracing::info!(
+            node = %node_id, cluster = %cluster_id, peer = %server.local_addr(),
+            "node started"
+        );
+
+        let cancel = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(membership::run(Arc::clone(&shared), cancel.clone())),
+            tokio::spawn(view::publish(Arc::clone(&shared), view_tx, cancel.clone())),
+        ];
+        Ok(Node {
+            shared,
+            server,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// The shared state (metadata node, peers, stores) for the API and data path.
+    pub fn shared(&self) -> &Arc<NodeShared> {
+        &self.shared
+    }
+
+    /// The peer listener's bound address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Stops background tasks, the peer listener, the Raft node and the drives.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.server.shutdown().await;
+        if let Err(e) = self.shared.meta.shutdown().await {
+            tracing::warn!(error = %e, "metadata service shutdown");
+        }
+        for store in self.shared.stores.values() {
+            if let Err(e) = store.checkpoint().await {
+                tracing::warn!(error = %e, "drive checkpoint at shutdown");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NodeShared {
+    /// The data path's current view of the cluster.
+    pub fn view(&self) -> ViewReceiver {
+        self.view_rx.clone()
+    }
+
+    /// Proposes a metadata command from anywhere in the cluster: locally if this node leads,
+    /// otherwise forwarded to the leader over the peer connection. Bounded by
+    /// [`PROPOSE_BOUND`].
+    pub async fn propose(&self, kind: CommandKind) -> Result<CommandResult, ProposeFailure> {
+        let command = Command::new(now_unix_ms(), kind);
+        let deadline = tokio::time::Instant::now() + PROPOSE_BOUND;
+        let mut last = String::from("no leader known");
+        loop {
+            let reply = match self.meta.leader() {
+                Some((leader, _)) if leader == self.node_id.0 => self.propose_local(&command).await,
+                Some((leader, addr)) => match self.forward_propose(leader, &addr, &command).await {
+                    Ok(reply) => reply,
+                    Err(e) => ProposeReply::NotLeader {
+                        leader: Some((leader, e)),
+                    },
+                },
+                None => ProposeReply::NotLeader { leader: None },
+            };
+            match reply {
+                ProposeReply::Applied(result) => return Ok(result),
+                ProposeReply::NoQuorum => return Err(ProposeFailure::NoQuorum),
+                ProposeReply::Unknown(e) => return Err(ProposeFailure::Unknown(e)),
+                ProposeReply::Failed(e) => return Err(ProposeFailure::Failed(e)),
+                ProposeReply::NotLeader { leader } => {
+                    if let Some((id, detail)) = leader {
+                        last = format!("leader {id}: {detail}");
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProposeFailure::NoLeader(last));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn forward_propose(
+        &self,
+        leader: u64,
+        addr: &str,
+        command: &Command,
+    ) -> Result<ProposeReply, String> {
+        let node = NodeId(leader);
+        let addr: SocketAddr = addr.parse().map_err(|e| format!("bad address: {e}"))?;
+        if self.peers.address(node) != Some(addr) {
+            self.peers.set_address(node, addr);
+        }
+        let body = control::encode(&ProposeRequest {
+            command: command.clone(),
+        });
+        let reply = self
+            .peers
+            .call_control(node, ControlKind::META_PROPOSE, META_CONTROL_VERSION, body)
+            .await
+            .map_err(|e| e.to_string())?;
+        postcard::from_bytes(&reply).map_err(|e| format!("bad reply: {e}"))
+    }
+
+    /// Proposes on this node's Raft instance and classifies the outcome for a forwarder.
+    pub(crate) async fn propose_local(&self, command: &Command) -> ProposeReply {
+        match self.meta.propose(command).await {
+            Ok(result) => ProposeReply::Applied(result),
+            Err(ProposeError::ForwardToLeader {
+                leader_id,
+                leader_addr,
+            }) => ProposeReply::NotLeader {
+                leader: Some((leader_id, leader_addr)),
+            },
+            Err(ProposeError::NoLeader) => ProposeReply::NotLeader { leader: None },
+            Err(ProposeError::NoQuorum) => ProposeReply::NoQuorum,
+            Err(e @ (ProposeError::Timeout(_) | ProposeError::OutcomeUnknown)) => {
+                ProposeReply::Unknown(e.to_string())
+            }
+            Err(e) => ProposeReply::Failed(e.to_string()),
+        }
+    }
+
+    /// Adds a joining node to the Raft membership (leader only).
+    pub(crate) async fn join_local(&self, request: &JoinRequest) -> JoinReply {
+        if !self.meta.is_leader() {
+            return JoinReply::NotLeader {
+                leader: self.meta.leader(),
+            };
+        }
+        let id = request.node.0;
+        let status = self.meta.status();
+        let is_voter = status.voters.contains_key(&id);
+        let is_learner = status.learners.contains_key(&id);
+        let wants_voter = request.role == NodeRole::Voter;
+        if !is_voter
+            && !is_learner
+            && let Err(e) = self
+                .meta
+                .add_learner(id, request.peer_addr.clone(), wants_voter)
+                .await
+        {
+            return JoinReply::Failed(format!("add learner: {e}"));
+        }
+        if wants_voter && !is_voter {
+            let mut voters: BTreeSet<u64> = self.meta.status().voters.keys().copied().collect();
+            voters.insert(id);
+            if let Err(e) = self.meta.change_membership(voters).await {
+                return JoinReply::Failed(format!("change membership: {e}"));
+            }
+        }
+        tracing::info!(node = %request.node, role = ?request.role, "node joined the metadata service");
+        JoinReply::Joined
+    }
+
+    /// Records a heartbeat in the leader's failure detector (ignored when not leader).
+    pub(crate) fn record_heartbeat(&self, node: NodeId) {
+        if let Ok(mut detector) = self.detector.lock()
+            && let Some(detector) = detector.as_mut()
+        {
+            detector.handle_heartbeat(node, now_unix_ms());
+        }
+    }
+}
+
+/// The published view as of now (for tests and the API).
+pub fn current_view(shared: &NodeShared) -> Arc<ClusterView> {
+    Arc::clone(&shared.view_rx.borrow())
+}
