@@ -4,5 +4,6 @@
 
 pub mod cli;
 pub mod frontends;
+pub mod gateway;
 pub mod peer;
 pub mod store;
