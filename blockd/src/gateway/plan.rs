@@ -96,7 +96,7 @@ pub(crate) struct Route {
 pub(crate) enum NoRoute {
     /// The map has no such pool (yet: the metadata service has not published it).
     #[error("{pool} is not in map {epoch}")]
-    NoPool {
+    Pool {
         /// The volume's pool.
         pool: PoolId,
         /// The map's epoch.
@@ -104,7 +104,7 @@ pub(crate) enum NoRoute {
     },
     /// Every member of the PG is down.
     #[error("{pg} has no acting member in map {epoch}")]
-    NoPrimary {
+    Primary {
         /// The PG.
         pg: PgId,
         /// The map's epoch.
@@ -112,7 +112,7 @@ pub(crate) enum NoRoute {
     },
     /// The primary's address is not known.
     #[error("no address for {node}, primary of {pg}")]
-    NoAddress {
+    Address {
         /// The primary.
         node: NodeId,
         /// The PG.
@@ -128,16 +128,16 @@ pub(crate) fn route(
     chunk_index: u64,
 ) -> Result<Route, NoRoute> {
     let epoch = view.epoch();
-    let pool = view.map.pool(pool).ok_or(NoRoute::NoPool { pool, epoch })?;
+    let pool = view.map.pool(pool).ok_or(NoRoute::Pool { pool, epoch })?;
     let (pg, placement) = pool.locate(volume, chunk_index);
     let node = placement
         .primary()
-        .ok_or(NoRoute::NoPrimary { pg, epoch })?
+        .ok_or(NoRoute::Primary { pg, epoch })?
         .node;
     let addr = *view
         .node_addrs
         .get(&node)
-        .ok_or(NoRoute::NoAddress { node, pg })?;
+        .ok_or(NoRoute::Address { node, pg })?;
     Ok(Route { pg, node, addr })
 }
 

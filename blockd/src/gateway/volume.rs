@@ -186,7 +186,7 @@ impl Job {
                 let addr = *view
                     .node_addrs
                     .get(&node)
-                    .ok_or(NoRoute::NoAddress { node, pg })?;
+                    .ok_or(NoRoute::Address { node, pg })?;
                 Ok(Some(Route { pg, node, addr }))
             }
         }
@@ -288,7 +288,11 @@ impl Inner {
                     GatewayStats::count(&self.stats.retries_stale_epoch);
                     tracing::debug!(volume = %volume.spec.id, %epoch, %wanted, "stale epoch, awaiting map");
                     let wait = until.saturating_duration_since(Instant::now());
-                    self.maps.wait_for_epoch(wanted, wait).await;
+                    if self.maps.wait_for_epoch(wanted, wait).await.is_none() {
+                        // The publisher is gone: no newer map will come. Resending at once
+                        // would only hammer the primary; wait out the request instead.
+                        tokio::time::sleep_until(until).await;
+                    }
                 }
                 Next::Backoff { until } => {
                     GatewayStats::count(&self.stats.retries_backoff);
@@ -312,7 +316,8 @@ impl Inner {
         remaining: std::time::Duration,
     ) -> (Outcome, Bytes) {
         self.peers.set_address(route.node, route.addr);
-        if job.mutating() && !volume.dirty().contains(&route.node) {
+        if job.mutating() {
+            // Before sending: a flush must cover every node that may have applied it.
             volume.dirty().insert(route.node);
         }
         let header = job.header(&volume.spec, &route, epoch);
@@ -405,10 +410,18 @@ impl GatewayVolume {
     }
 
     /// Starts a request: counts it and fixes its deadline and chunk size.
-    fn start(&self) -> (Instant, u32) {
+    fn start(&self) -> Result<(Instant, u32), VolumeError> {
         GatewayStats::count(&self.gateway.stats.requests);
         let deadline = Instant::now() + self.gateway.config.request_timeout;
-        (deadline, self.gateway.maps.current().chunk_size_bytes)
+        let view = self.gateway.maps.current();
+        if !view.is_valid() {
+            // A publisher bug, never client input: refuse rather than split by a bad size.
+            let size = view.chunk_size_bytes;
+            return Err(VolumeError::Io(format!(
+                "cluster view has invalid chunk size {size}"
+            )));
+        }
+        Ok((deadline, view.chunk_size_bytes))
     }
 
     /// The pieces of a data range (READ, WRITE) or an extent (TRIM, WRITE_ZEROES).
@@ -459,7 +472,7 @@ impl GatewayVolume {
     ) -> Result<(), VolumeError> {
         self.check_writable()?;
         self.check(offset, len)?;
-        let (deadline, chunk_size) = self.start();
+        let (deadline, chunk_size) = self.start()?;
         let jobs = self
             .pieces(offset, len, chunk_size, false)
             .map(|piece| Job {
@@ -511,7 +524,7 @@ impl VolumeBackend for GatewayVolume {
 
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, VolumeError> {
         self.check(offset, u64::from(len))?;
-        let (deadline, chunk_size) = self.start();
+        let (deadline, chunk_size) = self.start()?;
         let jobs = self
             .pieces(offset, u64::from(len), chunk_size, true)
             .map(|piece| Self::data_job(Opcode::Read, piece, Bytes::new(), false));
@@ -537,7 +550,7 @@ impl VolumeBackend for GatewayVolume {
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
         self.check_writable()?;
         self.check(offset, data.len() as u64)?;
-        let (deadline, chunk_size) = self.start();
+        let (deadline, chunk_size) = self.start()?;
         let jobs = self
             .pieces(offset, data.len() as u64, chunk_size, true)
             .map(|piece| {
@@ -570,7 +583,7 @@ impl VolumeBackend for GatewayVolume {
             // Keeping the range allocated means sending zero blocks: no faster than a write.
             return Err(VolumeError::SlowZero);
         }
-        let (deadline, chunk_size) = self.start();
+        let (deadline, chunk_size) = self.start()?;
         let zeroes = self.gateway.zeroes().clone();
         let jobs = self.pieces(offset, len, chunk_size, true).map(|piece| {
             let payload = zeroes.slice(..piece.len as usize);
@@ -584,11 +597,11 @@ impl VolumeBackend for GatewayVolume {
     /// nothing left to order: its acknowledged writes are durable on every replica, and its
     /// unacknowledged ones are being resent elsewhere). On failure the nodes stay owed.
     async fn flush(&self) -> Result<(), VolumeError> {
+        let (deadline, _) = self.start()?;
         let nodes = std::mem::take(&mut *self.shared.dirty());
         if nodes.is_empty() {
             return Ok(());
         }
-        let (deadline, _) = self.start();
         let jobs = nodes.clone().into_iter().map(|node| Job {
             opcode: Opcode::Flush,
             target: Target::Node(node),
