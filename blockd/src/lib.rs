@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod frontends;
+pub mod gateway;
 pub mod meta;
 pub mod node;
 pub mod peer;

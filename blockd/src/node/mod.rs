@@ -22,13 +22,12 @@ use basalt::config::NodeConfig;
 use basalt::ids::{ClusterId, DriveId, NodeId};
 use basalt::meta::{Command, CommandKind, CommandResult, FailureDetector, MetaState, NodeRole};
 use basalt::wire::{ControlKind, Features, HandshakeConfig};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::meta::{MetaNode, MetaNodeConfig, ProposeError};
 use crate::peer::{PeerConfig, PeerServer, Peers, Router};
 use crate::store::Store;
-use crate::view::{ClusterView, ViewReceiver};
+use crate::view::{ClusterView, MapWatch, map_channel};
 use control::{
     HeartbeatHandler, JoinHandler, JoinReply, JoinRequest, META_CONTROL_VERSION, ProposeHandler,
     ProposeReply, ProposeRequest, RaftHandler,
@@ -73,7 +72,7 @@ pub struct NodeShared {
     /// The leader's failure detector (None while not leader).
     detector: Mutex<Option<FailureDetector>>,
     /// The data path's view of the cluster.
-    view_rx: ViewReceiver,
+    maps: MapWatch,
 }
 
 /// A started node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -120,7 +119,7 @@ impl Node {
             .await
             .context("metadata service")?;
 
-        let (view_tx, view_rx) = watch::channel(Arc::new(view::build(&meta.read_state())));
+        let (publisher, maps) = map_channel(view::build(&meta.read_state()));
         let shared = Arc::new(NodeShared {
             node_id,
             cluster_id,
@@ -130,7 +129,7 @@ impl Node {
             peer_config: peer_config.clone(),
             stores,
             detector: Mutex::new(None),
-            view_rx,
+            maps,
         });
 
         let router = Router::new()
@@ -162,7 +161,11 @@ impl Node {
         let cancel = CancellationToken::new();
         let tasks = vec![
             tokio::spawn(membership::run(Arc::clone(&shared), cancel.clone())),
-            tokio::spawn(view::publish(Arc::clone(&shared), view_tx, cancel.clone())),
+            tokio::spawn(view::publish(
+                Arc::clone(&shared),
+                publisher,
+                cancel.clone(),
+            )),
         ];
         Ok(Node {
             shared,
@@ -203,8 +206,8 @@ impl Node {
 
 impl NodeShared {
     /// The data path's current view of the cluster.
-    pub fn view(&self) -> ViewReceiver {
-        self.view_rx.clone()
+    pub fn maps(&self) -> MapWatch {
+        self.maps.clone()
     }
 
     /// Proposes a metadata command from anywhere in the cluster: locally if this node leads,
@@ -328,5 +331,5 @@ impl NodeShared {
 
 /// The published view as of now (for tests and the API).
 pub fn current_view(shared: &NodeShared) -> Arc<ClusterView> {
-    Arc::clone(&shared.view_rx.borrow())
+    shared.maps.current()
 }

@@ -6,15 +6,14 @@ use std::sync::Arc;
 
 use basalt::meta::MetaState;
 use basalt::units::CHUNK_SIZE_BYTES_DEFAULT;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeShared;
-use crate::view::{ClusterView, VolumeView};
+use crate::view::{ClusterView, MapPublisher, VolumeView};
 
 /// The view of `state`.
 pub fn build(state: &MetaState) -> ClusterView {
-    let peer_addrs = state
+    let node_addrs = state
         .nodes()
         .iter()
         .filter_map(|(id, node)| {
@@ -44,21 +43,17 @@ pub fn build(state: &MetaState) -> ClusterView {
         chunk_size_bytes: state
             .cluster()
             .map_or(CHUNK_SIZE_BYTES_DEFAULT, |c| c.chunk_size_bytes),
-        peer_addrs,
+        node_addrs,
         volumes,
     }
 }
 
 /// Rebuilds and publishes the view after every applied change, until `cancel`.
-pub async fn publish(
-    shared: Arc<NodeShared>,
-    tx: watch::Sender<Arc<ClusterView>>,
-    cancel: CancellationToken,
-) {
+pub async fn publish(shared: Arc<NodeShared>, publisher: MapPublisher, cancel: CancellationToken) {
     let mut applied = shared.meta.subscribe();
     loop {
         let state = Arc::clone(&applied.borrow_and_update().state);
-        tx.send_replace(Arc::new(build(&state)));
+        publisher.publish(build(&state));
         tokio::select! {
             () = cancel.cancelled() => return,
             changed = applied.changed() => {
