@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod drives;
+pub mod exports;
 pub mod identity;
 mod membership;
 pub mod raft;
@@ -24,6 +25,8 @@ use basalt::meta::{Command, CommandKind, CommandResult, FailureDetector, MetaSta
 use basalt::wire::{ControlKind, Features, HandshakeConfig};
 use tokio_util::sync::CancellationToken;
 
+use crate::frontends::nbd::{NbdConfig, NbdServer};
+use crate::gateway::{Gateway, GatewayConfig};
 use crate::meta::{MetaNode, MetaNodeConfig, ProposeError};
 use crate::peer::{PeerConfig, PeerServer, Peers, Router};
 use crate::store::Store;
@@ -79,6 +82,8 @@ pub struct NodeShared {
 pub struct Node {
     shared: Arc<NodeShared>,
     server: PeerServer,
+    nbd: NbdServer<exports::ClusterExports>,
+    nbd_addr: SocketAddr,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -132,23 +137,7 @@ impl Node {
             maps,
         });
 
-        let router = Router::new()
-            .with_control(
-                ControlKind::RAFT,
-                Arc::new(RaftHandler(Arc::clone(&shared))),
-            )
-            .with_control(
-                ControlKind::META_PROPOSE,
-                Arc::new(ProposeHandler(Arc::clone(&shared))),
-            )
-            .with_control(
-                ControlKind::META_JOIN,
-                Arc::new(JoinHandler(Arc::clone(&shared))),
-            )
-            .with_control(
-                ControlKind::HEARTBEAT,
-                Arc::new(HeartbeatHandler(Arc::clone(&shared))),
-            );
+        let router = build_router(&shared);
         let listen = shared.config.peer.listen;
         let server = PeerServer::bind(listen, peer_config, Arc::new(router))
             .await
@@ -157,6 +146,8 @@ impl Node {
             node = %node_id, cluster = %cluster_id, peer = %server.local_addr(),
             "node started"
         );
+
+        let (nbd, nbd_addr) = start_nbd(&shared).await?;
 
         let cancel = CancellationToken::new();
         let tasks = vec![
@@ -170,6 +161,8 @@ impl Node {
         Ok(Node {
             shared,
             server,
+            nbd,
+            nbd_addr,
             cancel,
             tasks,
         })
@@ -185,8 +178,15 @@ impl Node {
         self.server.local_addr()
     }
 
-    /// Stops background tasks, the peer listener, the Raft node and the drives.
+    /// The NBD listener's bound address.
+    pub fn nbd_addr(&self) -> SocketAddr {
+        self.nbd_addr
+    }
+
+    /// Stops the NBD exports (finishing in-flight requests), background tasks, the peer
+    /// listener, the Raft node and the drives.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.nbd.shutdown().await;
         self.cancel.cancel();
         for task in self.tasks {
             let _ = task.await;
@@ -202,6 +202,49 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// The peer listener's handlers: Raft, proposal forwarding, joins and heartbeats.
+fn build_router(shared: &Arc<NodeShared>) -> Router {
+    Router::new()
+        .with_control(ControlKind::RAFT, Arc::new(RaftHandler(Arc::clone(shared))))
+        .with_control(
+            ControlKind::META_PROPOSE,
+            Arc::new(ProposeHandler(Arc::clone(shared))),
+        )
+        .with_control(
+            ControlKind::META_JOIN,
+            Arc::new(JoinHandler(Arc::clone(shared))),
+        )
+        .with_control(
+            ControlKind::HEARTBEAT,
+            Arc::new(HeartbeatHandler(Arc::clone(shared))),
+        )
+}
+
+/// Starts the NBD exports (TCP, and the unix socket if configured) over a gateway.
+async fn start_nbd(
+    shared: &Arc<NodeShared>,
+) -> anyhow::Result<(NbdServer<exports::ClusterExports>, SocketAddr)> {
+    let gateway = Gateway::new(
+        Arc::clone(&shared.peers),
+        shared.maps(),
+        GatewayConfig::default(),
+    )
+    .context("gateway")?;
+    let exports = Arc::new(exports::ClusterExports::new(gateway, shared.maps()));
+    let nbd = NbdServer::new(exports, NbdConfig::default());
+    let nbd_listen = shared.config.nbd.listen;
+    let nbd_addr = nbd
+        .listen_tcp(nbd_listen)
+        .await
+        .with_context(|| format!("nbd.listen {nbd_listen}"))?;
+    if let Some(path) = &shared.config.nbd.socket {
+        nbd.listen_unix(path)
+            .with_context(|| format!("nbd.socket {}", path.display()))?;
+    }
+    tracing::info!(nbd = %nbd_addr, "NBD exports listening");
+    Ok((nbd, nbd_addr))
 }
 
 impl NodeShared {
