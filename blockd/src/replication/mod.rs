@@ -2,6 +2,9 @@
 //! primary or replica as the placement map says. `docs/replication.md` describes the design,
 //! its invariants and what failover, peering and recovery (issue 5) add.
 //!
+//! [`ReplicationService`] is the async shell that runs a node's engines: one task per hosted
+//! PG, fed by the peer server's I/O frames, the cluster view and its own store and network I/O.
+//!
 //! The engine takes events (`handle_*`: client requests, replicate frames, replica replies,
 //! store completions, maps, timeouts) and returns [`Action`]s (`poll_action`: store
 //! submissions, frames to send, replies, failure reports). It owns no data: payloads are an
@@ -21,11 +24,13 @@
 //!   persisted by the engine itself: the PG log lives in memory and the store's chunk versions
 //!   are the durable record.
 
+mod actor;
 mod local;
 mod log;
 mod pg;
 mod primary;
 mod replica;
+mod service;
 mod types;
 
 #[cfg(test)]
@@ -35,6 +40,10 @@ mod tests;
 
 pub use log::{LogEntry, PgLog};
 pub use pg::{Lease, PgEngine};
+pub use service::{
+    FailureReport, PG_INBOX_DEPTH_DEFAULT, PgKey, ReplicationConfig, ReplicationError,
+    ReplicationService, VIEW_WAIT_DEFAULT,
+};
 pub use types::{
     ACKS_WAITING_MAX_DEFAULT, Action, ChunkRange, ClientFlush, ClientRead, ClientWrite,
     DEPARTED_MEMBERS_MAX, DUPLICATE_TOKENS_MAX, EngineError, GAP_TIMEOUT_DEFAULT,

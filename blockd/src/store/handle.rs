@@ -362,6 +362,71 @@ impl Store {
     }
 }
 
+/// A mutation already queued to the drive thread by [`Store::submit_write`] or
+/// [`Store::submit_unmap`]; [`Submitted::done`] waits for its result.
+#[derive(Debug)]
+pub struct Submitted(oneshot::Receiver<Result<Reply, StoreError>>);
+
+impl Submitted {
+    /// Waits until the mutation is durable (or failed).
+    pub async fn done(self) -> Result<(), StoreError> {
+        match self.0.await.map_err(|_| StoreError::Closed)?? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// Enqueue-now, await-later mutations: the store orders overlapping mutations by arrival, so a
+/// caller that must fix the order (the replication shell applies versions in order) queues
+/// each one before the next and awaits the completions later, concurrently.
+impl Store {
+    async fn submit(&self, request: Request) -> Result<Submitted, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Message { request, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        self.doorbell.ring();
+        Ok(Submitted(rx))
+    }
+
+    /// [`Store::write`], returning once the write is queued (after every request queued
+    /// before it); waits only while the queue is full.
+    pub async fn submit_write(
+        &self,
+        chunk: ChunkKey,
+        offset: u32,
+        data: Bytes,
+        version: ChunkVersion,
+    ) -> Result<Submitted, StoreError> {
+        self.submit(Request::Write {
+            chunk,
+            offset,
+            data,
+            version,
+        })
+        .await
+    }
+
+    /// [`Store::trim`] (and so [`Store::write_zeroes`]), returning once queued.
+    pub async fn submit_unmap(
+        &self,
+        chunk: ChunkKey,
+        offset: u32,
+        len: u32,
+        version: ChunkVersion,
+    ) -> Result<Submitted, StoreError> {
+        self.submit(Request::Unmap {
+            chunk,
+            offset,
+            len,
+            version,
+        })
+        .await
+    }
+}
+
 impl Drop for Store {
     fn drop(&mut self) {
         // Closing the channel ends the thread once in-flight work is done; wake it to notice.

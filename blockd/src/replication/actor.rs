@@ -1,0 +1,530 @@
+//! The task that runs one PG's [`PgEngine`] on this node: the only owner of the engine, so
+//! every input for the PG is serialized without a lock, while PGs run independently.
+//!
+//! It takes requests from its inbox, map changes from its own view watch, store completions and
+//! replica replies from the I/O it started, and the engine's timer; after each input it performs
+//! the engine's actions in emission order. A `LocalApply` is *queued* to the store before the
+//! next action is performed (the store orders overlapping writes by arrival), and only its
+//! completion is awaited concurrently. A `Replicate` call is polled once before the next action,
+//! so copies to one replica usually leave in version order (the replica buffers any that do
+//! not).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use basalt::ids::{ChunkVersion, DriveId, Epoch, NodeId};
+use basalt::wire::{Bytes, Frame, Header, RequestId, Status};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::pg::PgEngine;
+use super::service::{FailureReport, PgKey, map_view};
+use super::types::{
+    Action, ChunkRange, ClientFlush, ClientRead, ClientWrite, Mutation, Outcome, ReplicaReply,
+    Replicate, Token, store_status,
+};
+use crate::peer::{PeerError, Peers, Reply};
+use crate::store::Store;
+use crate::view::ViewReceiver;
+
+/// Work the task started and awaits concurrently.
+type Work = Pin<Box<dyn Future<Output = Event> + Send>>;
+
+/// A request for the PG, decoded from a frame by the service.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// WRITE / TRIM / WRITE_ZEROES from a gateway.
+    Write {
+        epoch: Epoch,
+        range: ChunkRange,
+        mutation: Mutation<Bytes>,
+    },
+    /// READ from a gateway.
+    Read { epoch: Epoch, range: ChunkRange },
+    /// FLUSH from a gateway.
+    Flush { epoch: Epoch },
+    /// REPLICATE_* from the primary.
+    Replicate {
+        from: NodeId,
+        epoch: Epoch,
+        version: u64,
+        range: ChunkRange,
+        mutation: Mutation<Bytes>,
+    },
+}
+
+/// One message in a PG task's inbox: a request and where its answer goes.
+#[derive(Debug)]
+pub(crate) struct Input {
+    pub(crate) request: Request,
+    pub(crate) reply: oneshot::Sender<Reply>,
+}
+
+/// A request handed back as `MapBehind`, kept until the view reaches its epoch.
+#[derive(Debug)]
+enum Parked {
+    Write(ClientWrite<Bytes>),
+    Read(ClientRead),
+    Flush(ClientFlush),
+    Replicate(Replicate<Bytes>),
+}
+
+impl Parked {
+    fn token(&self) -> Token {
+        match self {
+            Parked::Write(write) => write.token,
+            Parked::Read(read) => read.token,
+            Parked::Flush(flush) => flush.token,
+            Parked::Replicate(replicate) => replicate.token,
+        }
+    }
+}
+
+/// What finished among the task's concurrent work.
+#[derive(Debug)]
+enum Event {
+    /// The store finished a `LocalApply`.
+    LocalDone {
+        version: u64,
+        result: Result<(), Status>,
+    },
+    /// A REPLICATE_* call ended.
+    Replied {
+        to: NodeId,
+        version: u64,
+        result: Result<Frame, PeerError>,
+    },
+    /// Work that answered its client itself (reads).
+    Nothing,
+}
+
+/// Everything a PG task needs besides its engine.
+pub(crate) struct PgTask {
+    pub(crate) key: PgKey,
+    pub(crate) node: NodeId,
+    pub(crate) drive: DriveId,
+    pub(crate) engine: PgEngine<Bytes>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) view: ViewReceiver,
+    pub(crate) failures: mpsc::Sender<FailureReport>,
+    /// How long a `MapBehind` request waits for the view.
+    pub(crate) view_wait: Duration,
+    /// Deadline of one REPLICATE_* call.
+    pub(crate) replicate_timeout: Duration,
+}
+
+/// The running state of a PG task.
+struct Actor {
+    task: PgTask,
+    view_open: bool,
+    responders: HashMap<Token, oneshot::Sender<Reply>>,
+    next_token: u64,
+    parked: Vec<(Epoch, Instant, Parked)>,
+    work: FuturesUnordered<Work>,
+    /// Results that were ready at once, fed to the engine after the current actions.
+    ready: VecDeque<Event>,
+}
+
+/// Runs the PG until `cancel` fires or every inbox sender is gone.
+pub(crate) async fn run(task: PgTask, inbox: mpsc::Receiver<Input>, cancel: CancellationToken) {
+    let mut actor = Actor {
+        task,
+        view_open: true,
+        responders: HashMap::new(),
+        next_token: 1,
+        parked: Vec::new(),
+        work: FuturesUnordered::new(),
+        ready: VecDeque::new(),
+    };
+    // The view may have moved on between the engine's creation and now.
+    actor.task.view.mark_changed();
+    actor.run(inbox, cancel).await;
+}
+
+impl Actor {
+    async fn run(&mut self, mut inbox: mpsc::Receiver<Input>, cancel: CancellationToken) {
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        loop {
+            self.perform().await;
+            let next = self.next_deadline();
+            if next != armed {
+                if let Some(at) = next {
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+                }
+                armed = next;
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                changed = self.task.view.changed(), if self.view_open => match changed {
+                    Ok(()) => self.apply_view(),
+                    Err(_) => self.view_open = false,
+                },
+                Some(event) = self.work.next(), if !self.work.is_empty() => self.handle_event(event),
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    self.expire(Instant::now());
+                }
+                input = inbox.recv() => match input {
+                    Some(input) => self.accept(input),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let parked = self.parked.iter().map(|(_, deadline, _)| *deadline).min();
+        [self.task.engine.poll_timeout(), parked]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Feeds the latest view's map for this PG to the engine and re-submits what waited for it.
+    fn apply_view(&mut self) {
+        let view = Arc::clone(&self.task.view.borrow_and_update());
+        let map = map_view(&view, self.task.key);
+        let now = Instant::now();
+        if let Err(error) = self.task.engine.handle_map(now, map) {
+            tracing::error!(pg = %self.task.key, %error, "refusing a malformed map");
+        }
+        let epoch = self.task.engine.epoch();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(wanted, _, _)| *wanted <= epoch);
+        self.parked = later;
+        for (_, _, request) in due {
+            self.submit(now, request);
+        }
+    }
+
+    /// The engine's timer fired, or a parked request's bound passed.
+    fn expire(&mut self, now: Instant) {
+        self.task.engine.handle_timeout(now);
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(_, deadline, _)| *deadline <= now);
+        self.parked = kept;
+        let epoch = self.task.engine.epoch();
+        for (wanted, _, request) in expired {
+            tracing::debug!(pg = %self.task.key, %wanted, %epoch, "no map for the request's epoch in time");
+            self.answer(request.token(), error_reply(Status::Timeout, epoch));
+        }
+    }
+
+    fn accept(&mut self, input: Input) {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.responders.insert(token, input.reply);
+        let parked = match input.request {
+            Request::Write {
+                epoch,
+                range,
+                mutation,
+            } => Parked::Write(ClientWrite {
+                token,
+                epoch,
+                range,
+                mutation,
+            }),
+            Request::Read { epoch, range } => Parked::Read(ClientRead {
+                token,
+                epoch,
+                range,
+            }),
+            Request::Flush { epoch } => Parked::Flush(ClientFlush { token, epoch }),
+            Request::Replicate {
+                from,
+                epoch,
+                version,
+                range,
+                mutation,
+            } => Parked::Replicate(Replicate {
+                token,
+                from,
+                epoch,
+                version,
+                range,
+                mutation,
+            }),
+        };
+        self.submit(Instant::now(), parked);
+    }
+
+    /// Hands a request to the engine; parks it if the engine's map is behind the request.
+    fn submit(&mut self, now: Instant, request: Parked) {
+        let engine = &mut self.task.engine;
+        let behind = match request {
+            Parked::Write(write) => match engine.handle_client_write(now, write) {
+                Outcome::Accepted => None,
+                Outcome::MapBehind { wanted, request } => Some((wanted, Parked::Write(request))),
+            },
+            Parked::Read(read) => match engine.handle_client_read(now, read) {
+                Outcome::Accepted => None,
+                Outcome::MapBehind { wanted, request } => Some((wanted, Parked::Read(request))),
+            },
+            Parked::Flush(flush) => match engine.handle_client_flush(now, flush) {
+                Outcome::Accepted => None,
+                Outcome::MapBehind { wanted, request } => Some((wanted, Parked::Flush(request))),
+            },
+            Parked::Replicate(replicate) => match engine.handle_replicate(now, replicate) {
+                Outcome::Accepted => None,
+                Outcome::MapBehind { wanted, request } => {
+                    Some((wanted, Parked::Replicate(request)))
+                }
+            },
+        };
+        if let Some((wanted, request)) = behind {
+            self.parked
+                .push((wanted, now + self.task.view_wait, request));
+        }
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        let now = Instant::now();
+        let engine = &mut self.task.engine;
+        match event {
+            Event::LocalDone { version, result } => engine.handle_local_done(now, version, result),
+            Event::Replied {
+                to,
+                version,
+                result: Ok(frame),
+            } => engine.handle_replica_reply(
+                now,
+                ReplicaReply {
+                    version,
+                    from: to,
+                    status: frame.header.status,
+                    epoch: frame.header.epoch,
+                },
+            ),
+            Event::Replied {
+                to,
+                version,
+                result: Err(error),
+            } => {
+                let status = match &error {
+                    // No reply in time: flow control, re-sent after the back-off.
+                    PeerError::Timeout { .. } => Status::Timeout,
+                    // Unreachable or the connection broke: report the member, and re-send
+                    // after the back-off in case it is only the connection.
+                    PeerError::ConnectionLost { .. } => {
+                        engine.handle_peer_lost(to);
+                        Status::Timeout
+                    }
+                    error if error.is_unsent() => {
+                        engine.handle_peer_lost(to);
+                        Status::Timeout
+                    }
+                    // A request we could not build: our bug, but the member gets no copy.
+                    _ => Status::IoError,
+                };
+                tracing::debug!(pg = %self.task.key, %to, version, %error, "replicate call failed");
+                let epoch = engine.epoch();
+                engine.handle_replica_reply(
+                    now,
+                    ReplicaReply {
+                        version,
+                        from: to,
+                        status,
+                        epoch,
+                    },
+                );
+            }
+            Event::Nothing => {}
+        }
+    }
+
+    /// Performs the engine's actions in emission order, then feeds results that were ready at
+    /// once (and the actions they cause), until both are exhausted.
+    async fn perform(&mut self) {
+        loop {
+            while let Some(action) = self.task.engine.poll_action() {
+                self.perform_action(action).await;
+            }
+            match self.ready.pop_front() {
+                Some(event) => self.handle_event(event),
+                None => return,
+            }
+        }
+    }
+
+    async fn perform_action(&mut self, action: Action<Bytes>) {
+        match action {
+            Action::LocalApply {
+                version,
+                range,
+                mutation,
+            } => self.apply_local(version, range, mutation).await,
+            Action::Replicate {
+                to,
+                epoch,
+                version,
+                range,
+                mutation,
+            } => self.replicate(to, epoch, version, range, mutation).await,
+            Action::LocalRead { token, range } => self.read_local(token, range),
+            Action::Reply {
+                token,
+                status,
+                epoch,
+            } => {
+                let reply = if status == Status::Ok {
+                    Reply::ok(epoch, Bytes::new())
+                } else {
+                    error_reply(status, epoch)
+                };
+                self.answer(token, reply);
+            }
+            Action::ReportFailure { node, epoch } => {
+                tracing::warn!(pg = %self.task.key, %node, %epoch, "reporting a failed member");
+                self.report(FailureReport::Peer {
+                    reporter: self.task.node,
+                    pg: self.task.key,
+                    node,
+                    epoch,
+                });
+            }
+            Action::StopServing { status } => {
+                tracing::error!(pg = %self.task.key, drive = %self.task.drive, ?status, "PG stopped on this node: local store failed");
+                self.report(FailureReport::Drive {
+                    reporter: self.task.node,
+                    pg: self.task.key,
+                    drive: self.task.drive,
+                    status,
+                });
+            }
+        }
+    }
+
+    /// Queues a mutation to the store before the next action runs (this is what fixes the
+    /// apply order), and awaits its completion concurrently.
+    async fn apply_local(
+        &mut self,
+        version: ChunkVersion,
+        range: ChunkRange,
+        mutation: Mutation<Bytes>,
+    ) {
+        let store = &self.task.store;
+        let (chunk, offset) = (range.chunk, range.offset);
+        let submitted = match mutation {
+            Mutation::Write(data) => store.submit_write(chunk, offset, data, version).await,
+            Mutation::Trim | Mutation::Zeroes => {
+                store.submit_unmap(chunk, offset, range.len, version).await
+            }
+        };
+        let version = version.version;
+        match submitted {
+            Ok(submitted) => self.work.push(Box::pin(async move {
+                let result = submitted.done().await.map_err(|e| store_status(&e));
+                Event::LocalDone { version, result }
+            })),
+            Err(error) => {
+                let result = Err(store_status(&error));
+                self.ready.push_back(Event::LocalDone { version, result });
+            }
+        }
+    }
+
+    /// Reads from the store; the read answers its client itself.
+    fn read_local(&mut self, token: Token, range: ChunkRange) {
+        let Some(responder) = self.responders.remove(&token) else {
+            debug_assert!(false, "read for an unknown token");
+            return;
+        };
+        let store = Arc::clone(&self.task.store);
+        let epoch = self.task.engine.epoch();
+        self.work.push(Box::pin(async move {
+            let reply = match store.read(range.chunk, range.offset, range.len).await {
+                Ok(data) => Reply::ok(epoch, data),
+                Err(error) => error_reply(store_status(&error), epoch),
+            };
+            // The client may be gone; nothing to do then.
+            let _ = responder.send(reply);
+            Event::Nothing
+        }));
+    }
+
+    /// Starts a REPLICATE_* call and polls it once, so it is queued on the connection before
+    /// the next action runs (copies to one member leave in version order when the connection
+    /// is up).
+    async fn replicate(
+        &mut self,
+        to: NodeId,
+        epoch: Epoch,
+        version: u64,
+        range: ChunkRange,
+        mutation: Mutation<Bytes>,
+    ) {
+        let mut header = Header::new(mutation.kind().replicate_opcode(), RequestId(0));
+        header.pg = self.task.key.pg;
+        header.epoch = epoch;
+        header.pg_version = version;
+        header.chunk = range.chunk;
+        header.offset_bytes = range.offset;
+        header.length_bytes = range.len;
+        let payload = match mutation {
+            Mutation::Write(data) => data,
+            Mutation::Trim | Mutation::Zeroes => Bytes::new(),
+        };
+        let peers = Arc::clone(&self.task.peers);
+        let timeout = self.task.replicate_timeout;
+        let mut call: Work = Box::pin(async move {
+            let result = match peers.client(to).await {
+                Ok(client) => client.call_with_timeout(header, payload, timeout).await,
+                Err(error) => Err(error),
+            };
+            if let Err(PeerError::Backoff { retry_in, .. }) = &result {
+                // Nothing was sent and nothing can be until the pool dials again: hold the
+                // failure until then so the engine's re-send does not spin.
+                tokio::time::sleep((*retry_in).min(timeout)).await;
+            }
+            Event::Replied {
+                to,
+                version,
+                result,
+            }
+        });
+        let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        match polled {
+            Poll::Ready(event) => self.ready.push_back(event),
+            Poll::Pending => self.work.push(call),
+        }
+    }
+
+    fn answer(&mut self, token: Token, reply: Reply) {
+        match self.responders.remove(&token) {
+            // The client may be gone (connection closed); nothing to do then.
+            Some(responder) => drop(responder.send(reply)),
+            None => tracing::warn!(pg = %self.task.key, ?token, "answer for an unknown request"),
+        }
+    }
+
+    fn report(&self, report: FailureReport) {
+        // Never block the PG on the reporter: the engine reports again in the next epoch, and
+        // the metadata service's heartbeats detect a dead node anyway.
+        if let Err(error) = self.task.failures.try_send(report) {
+            tracing::warn!(pg = %self.task.key, %error, "failure report dropped");
+        }
+    }
+}
+
+/// A failed reply: `status` (not `Ok`) and this node's epoch, no payload.
+pub(crate) fn error_reply(status: Status, epoch: Epoch) -> Reply {
+    Reply {
+        status,
+        epoch,
+        pg_version: 0,
+        payload: Bytes::new(),
+    }
+}

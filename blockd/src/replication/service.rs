@@ -1,0 +1,579 @@
+//! [`ReplicationService`]: the async shell that runs this node's [`PgEngine`]s (DESIGN §4,
+//! `docs/replication.md` "Shell").
+//!
+//! One task per hosted PG owns that PG's engine (`actor.rs`); the service routes each I/O frame
+//! to the task of the frame's PG through a bounded inbox and awaits the answer. A view task
+//! follows the cluster view: it keeps the peer address book current and starts a PG task for
+//! every PG whose acting set names this node. Each PG task watches the view itself, so map
+//! changes reach every engine without a fan-out step.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use basalt::ids::{ChunkVersion, DriveId, Epoch, NodeId, PgId, VolumeId};
+use basalt::placement::{PoolId, pg_of};
+use basalt::wire::{Frame, Header, Opcode, Status};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::actor::{self, Input, PgTask, Request, error_reply};
+use super::pg::PgEngine;
+use super::types::{ChunkRange, EngineError, Limits, MapView, Mutation, OpKind, PgConfig};
+use crate::peer::{BoxFuture, IoHandler, Peers, Reply};
+use crate::store::{Store, StoreError};
+use crate::view::{ClusterView, ViewReceiver};
+
+/// Default bound on how long a request waits for this node's view to reach the request's
+/// epoch (or to learn its volume) before it is answered `Timeout`. A map change reaches every
+/// node within milliseconds; seconds mean the metadata service is unreachable from here.
+pub const VIEW_WAIT_DEFAULT: Duration = Duration::from_secs(5);
+
+/// Default number of requests queued to one PG's task before the frame's handler waits (and
+/// through the server's per-connection bound, the sender). Above the engine's own queues, so
+/// the engine is what answers `Busy`.
+pub const PG_INBOX_DEPTH_DEFAULT: usize = 1024;
+
+/// A PG's full name: PG ids are per pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PgKey {
+    /// The pool.
+    pub pool: PoolId,
+    /// The PG within the pool.
+    pub pg: PgId,
+}
+
+impl fmt::Display for PgKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.pool, self.pg)
+    }
+}
+
+/// Settings of the replication service on one node.
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// This node.
+    pub node: NodeId,
+    /// Every engine's timeouts and bounds.
+    pub limits: Limits,
+    /// See [`VIEW_WAIT_DEFAULT`].
+    pub view_wait: Duration,
+    /// See [`PG_INBOX_DEPTH_DEFAULT`].
+    pub pg_inbox_depth: usize,
+}
+
+impl ReplicationConfig {
+    /// Defaults for `node`.
+    pub fn new(node: NodeId) -> Self {
+        Self {
+            node,
+            limits: Limits::default(),
+            view_wait: VIEW_WAIT_DEFAULT,
+            pg_inbox_depth: PG_INBOX_DEPTH_DEFAULT,
+        }
+    }
+}
+
+/// What the service asks the metadata service to act on (the daemon forwards these).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailureReport {
+    /// A member failed a replicated write of a PG `reporter` leads (error reply, broken
+    /// connection, or a write that timed out without it): mark it down so a new epoch drops
+    /// it from the acting set. Sent at most once per PG, member and epoch.
+    Peer {
+        /// This node.
+        reporter: NodeId,
+        /// The PG whose write it failed.
+        pg: PgKey,
+        /// The failed member.
+        node: NodeId,
+        /// The epoch it failed in.
+        epoch: Epoch,
+    },
+    /// This node's drive failed a mutation: the PG stopped serving here and answers every
+    /// request with `status`; the PG must move on without this copy.
+    Drive {
+        /// This node.
+        reporter: NodeId,
+        /// The PG that stopped.
+        pg: PgKey,
+        /// The drive that failed.
+        drive: DriveId,
+        /// The store's failure.
+        status: Status,
+    },
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// The engine limits are inconsistent.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A bound in the configuration is zero.
+    #[error("invalid replication configuration: {field}")]
+    Config {
+        /// The field.
+        field: &'static str,
+    },
+    /// Listing a drive's chunks (to find each PG's head) failed.
+    #[error("listing the chunks of drive {drive}: {source}")]
+    ListChunks {
+        /// The drive.
+        drive: DriveId,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// The PG's map as an engine sees it: epoch, acting nodes, `min_size`. A PG missing from the
+/// view (cannot happen for a valid map) has no members.
+pub(crate) fn map_view(view: &ClusterView, key: PgKey) -> MapView {
+    let pool = view.map.pool(key.pool);
+    let acting = pool
+        .and_then(|pool| pool.pg(key.pg))
+        .map(|placement| placement.acting().iter().map(|m| m.node).collect())
+        .unwrap_or_default();
+    MapView {
+        epoch: view.epoch(),
+        acting,
+        // A missing pool has no members, so any non-zero value is equivalent.
+        min_size: pool.map_or(1, |pool| pool.spec().min_size),
+    }
+}
+
+/// Where a volume's chunks are placed.
+#[derive(Clone, Copy, Debug)]
+struct VolumeRoute {
+    pool: PoolId,
+    pg_count: u32,
+}
+
+fn volume_route(view: &ClusterView, volume: VolumeId) -> Option<VolumeRoute> {
+    let pool = view.volumes.values().find(|v| v.id == volume)?.pool;
+    let pg_count = view.map.pool(pool)?.spec().pg_count;
+    Some(VolumeRoute { pool, pg_count })
+}
+
+/// A PG task's inbox.
+#[derive(Clone)]
+struct PgHandle {
+    inbox: mpsc::Sender<Input>,
+}
+
+/// The routing table: read on every request (a shared lock held for two hash lookups, never
+/// across an await), written only when the view changes or a PG task starts.
+struct Table {
+    /// The view `volumes` was built from.
+    view: Arc<ClusterView>,
+    volumes: HashMap<VolumeId, VolumeRoute>,
+    pgs: HashMap<PgKey, PgHandle>,
+}
+
+/// Each PG's head on each drive, from the chunks the drives held at start. Chunks of volumes
+/// the view does not know yet stay unresolved until a view names them.
+#[derive(Default)]
+struct Heads {
+    known: HashMap<(DriveId, PgKey), ChunkVersion>,
+    unresolved: HashMap<VolumeId, Vec<(DriveId, u64, ChunkVersion)>>,
+}
+
+impl Heads {
+    fn resolve(&mut self, view: &ClusterView) {
+        let volumes: Vec<VolumeId> = self.unresolved.keys().copied().collect();
+        for volume in volumes {
+            let Some(route) = volume_route(view, volume) else {
+                continue;
+            };
+            for (drive, index, version) in self.unresolved.remove(&volume).unwrap_or_default() {
+                let pg = pg_of(volume, index, route.pg_count);
+                let key = PgKey {
+                    pool: route.pool,
+                    pg,
+                };
+                let head = self.known.entry((drive, key)).or_default();
+                *head = (*head).max(version);
+            }
+        }
+    }
+}
+
+/// State shared by the request handlers, the view task and the service handle.
+struct Inner {
+    config: ReplicationConfig,
+    stores: BTreeMap<DriveId, Arc<Store>>,
+    peers: Arc<Peers>,
+    view: ViewReceiver,
+    failures: mpsc::Sender<FailureReport>,
+    table: RwLock<Table>,
+    heads: Mutex<Heads>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Runs the replication engines of one node: serves WRITE / READ / TRIM / WRITE_ZEROES / FLUSH
+/// from gateways and REPLICATE_* from primaries as the I/O handler of the node's peer
+/// [`crate::peer::Router`], and replicates through a [`Peers`] pool.
+///
+/// Requests of one PG are handled in order by that PG's task; PGs run in parallel. Dropping the
+/// service (or [`Self::shutdown`]) stops every task; requests in progress are answered
+/// `IoError`.
+pub struct ReplicationService {
+    inner: Arc<Inner>,
+}
+
+impl ReplicationService {
+    /// Starts the service over this node's `stores` (one per drive, keyed by drive id): lists
+    /// each drive's chunks to find every PG's head, then follows `view` (starting a task for each
+    /// PG whose acting set names this node, and keeping `peers`' address book current). Failed
+    /// members and drives are sent to `failures` (never blocking: a full channel drops the
+    /// report with a warning).
+    ///
+    /// Register it with `Router::new().with_io(service.clone())`.
+    pub async fn start(
+        config: ReplicationConfig,
+        stores: BTreeMap<DriveId, Arc<Store>>,
+        peers: Arc<Peers>,
+        view: ViewReceiver,
+        failures: mpsc::Sender<FailureReport>,
+    ) -> Result<Arc<Self>, ReplicationError> {
+        config.limits.validate()?;
+        if config.pg_inbox_depth == 0 {
+            return Err(ReplicationError::Config {
+                field: "pg_inbox_depth",
+            });
+        }
+        let mut heads = Heads::default();
+        for (drive, store) in &stores {
+            let chunks =
+                store
+                    .list_chunks()
+                    .await
+                    .map_err(|source| ReplicationError::ListChunks {
+                        drive: *drive,
+                        source,
+                    })?;
+            for info in chunks {
+                let chunk = info.chunk;
+                heads.unresolved.entry(chunk.volume).or_default().push((
+                    *drive,
+                    chunk.index,
+                    info.version,
+                ));
+            }
+        }
+        let current = Arc::clone(&view.borrow());
+        let inner = Arc::new(Inner {
+            config,
+            stores,
+            peers,
+            view,
+            failures,
+            table: RwLock::new(Table {
+                view: Arc::clone(&current),
+                volumes: HashMap::new(),
+                pgs: HashMap::new(),
+            }),
+            heads: Mutex::new(heads),
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        inner.apply_view(&current);
+        let task = Arc::clone(&inner);
+        inner.tracker.spawn(async move { task.follow_view().await });
+        Ok(Arc::new(Self { inner }))
+    }
+
+    /// This node.
+    pub fn node(&self) -> NodeId {
+        self.inner.config.node
+    }
+
+    /// The PGs this node runs an engine for.
+    pub fn hosted_pgs(&self) -> Vec<PgKey> {
+        let mut keys: Vec<PgKey> = self.inner.table().pgs.keys().copied().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Stops every task and waits for them; requests in progress are answered `IoError`.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+}
+
+impl Drop for ReplicationService {
+    fn drop(&mut self) {
+        self.inner.cancel.cancel();
+    }
+}
+
+impl IoHandler for ReplicationService {
+    fn handle_io(&self, peer: NodeId, request: Frame) -> BoxFuture<'_, Reply> {
+        Box::pin(self.inner.serve(peer, request))
+    }
+}
+
+impl Inner {
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        // Every write is a whole-field assignment or one map insert: consistent after a panic.
+        self.table.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn table_mut(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn heads(&self) -> MutexGuard<'_, Heads> {
+        self.heads.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn current_epoch(&self) -> Epoch {
+        self.view.borrow().epoch()
+    }
+
+    /// Follows the view until the service stops or the publisher is gone.
+    async fn follow_view(&self) {
+        let mut view = self.view.clone();
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                changed = view.changed() => if changed.is_err() {
+                    return;
+                },
+            }
+            let current = Arc::clone(&view.borrow_and_update());
+            self.apply_view(&current);
+        }
+    }
+
+    /// Takes in a new view: peer addresses, chunk heads of newly known volumes, the routing
+    /// table, and a task for every PG whose acting set names this node.
+    fn apply_view(&self, view: &Arc<ClusterView>) {
+        let me = self.config.node;
+        for (node, addr) in &view.peer_addrs {
+            if *node != me {
+                self.peers.set_address(*node, *addr);
+            }
+        }
+        self.heads().resolve(view);
+        let volumes: HashMap<VolumeId, VolumeRoute> = view
+            .volumes
+            .values()
+            .filter_map(|v| volume_route(view, v.id).map(|route| (v.id, route)))
+            .collect();
+        {
+            let mut table = self.table_mut();
+            table.view = Arc::clone(view);
+            table.volumes = volumes;
+        }
+        for (pool, pg) in view.map.pgs_of_node(me) {
+            // A PG that cannot start here is logged by `ensure_pg`.
+            let _ = self.ensure_pg(PgKey { pool, pg }, view);
+        }
+    }
+
+    /// The task of `key`, started if this node is in its acting set in `view`. `None` when the
+    /// node does not host the PG.
+    fn ensure_pg(&self, key: PgKey, view: &ClusterView) -> Option<PgHandle> {
+        if let Some(handle) = self.table().pgs.get(&key) {
+            return Some(handle.clone());
+        }
+        let me = self.config.node;
+        let placement = view.map.pool(key.pool)?.pg(key.pg)?;
+        let member = placement.acting().iter().find(|m| m.node == me)?;
+        let Some(store) = self.stores.get(&member.drive) else {
+            tracing::error!(pg = %key, drive = %member.drive, "the map places a PG on a drive this node does not have");
+            return None;
+        };
+        let head = self
+            .heads()
+            .known
+            .get(&(member.drive, key))
+            .copied()
+            .unwrap_or_default();
+        let mut table = self.table_mut();
+        if let Some(handle) = table.pgs.get(&key) {
+            return Some(handle.clone());
+        }
+        let config = PgConfig {
+            pg: key.pg,
+            node: me,
+            chunk_size_bytes: store.chunk_size_bytes(),
+            limits: self.config.limits,
+        };
+        let engine = match PgEngine::new(config, map_view(view, key), head, Instant::now()) {
+            Ok(engine) => engine,
+            Err(error) => {
+                tracing::error!(pg = %key, %error, "cannot start the PG's engine");
+                return None;
+            }
+        };
+        tracing::debug!(pg = %key, drive = %member.drive, %head, "starting PG");
+        let (sender, inbox) = mpsc::channel(self.config.pg_inbox_depth);
+        let task = PgTask {
+            key,
+            node: me,
+            drive: member.drive,
+            engine,
+            store: Arc::clone(store),
+            peers: Arc::clone(&self.peers),
+            view: self.view.clone(),
+            failures: self.failures.clone(),
+            view_wait: self.config.view_wait,
+            replicate_timeout: self.config.limits.op_timeout,
+        };
+        self.tracker
+            .spawn(actor::run(task, inbox, self.cancel.child_token()));
+        let handle = PgHandle { inbox: sender };
+        table.pgs.insert(key, handle.clone());
+        Some(handle)
+    }
+
+    /// Answers one I/O frame.
+    async fn serve(&self, peer: NodeId, frame: Frame) -> Reply {
+        let header = frame.header;
+        let Some(request) = decode(peer, frame) else {
+            return error_reply(Status::Unsupported, self.current_epoch());
+        };
+        let handle = match self.route(&header).await {
+            Ok(handle) => handle,
+            Err(reply) => return reply,
+        };
+        let (reply, answer) = oneshot::channel();
+        if handle.inbox.send(Input { request, reply }).await.is_err() {
+            return error_reply(Status::IoError, self.current_epoch());
+        }
+        match answer.await {
+            Ok(reply) => reply,
+            // The PG task stopped (shutdown).
+            Err(_) => error_reply(Status::IoError, self.current_epoch()),
+        }
+    }
+
+    /// The task of the frame's PG. Fast path: the routing table knows the volume, the
+    /// request's epoch is not newer than the table's view, and the PG task runs. Otherwise waits
+    /// (at most `view_wait`) for a view that has the epoch and the volume, then starts the PG's
+    /// task if this node hosts it, or answers as the engine would.
+    async fn route(&self, header: &Header) -> Result<PgHandle, Reply> {
+        let volume = header.chunk.volume;
+        {
+            let table = self.table();
+            if header.epoch <= table.view.epoch()
+                && let Some(route) = table.volumes.get(&volume)
+            {
+                let key = check_pg(header, *route)?;
+                if let Some(handle) = table.pgs.get(&key) {
+                    return Ok(handle.clone());
+                }
+            }
+        }
+        let ready = |view: &ClusterView| {
+            view.epoch() >= header.epoch && volume_route(view, volume).is_some()
+        };
+        let view = {
+            let current = self.view.borrow();
+            ready(&current).then(|| Arc::clone(&current))
+        };
+        let view = match view {
+            Some(view) => view,
+            None => {
+                let mut receiver = self.view.clone();
+                let waited =
+                    tokio::time::timeout(self.config.view_wait, receiver.wait_for(|v| ready(v)))
+                        .await;
+                match waited {
+                    Ok(Ok(view)) => Arc::clone(&view),
+                    _ => Arc::clone(&self.view.borrow()),
+                }
+            }
+        };
+        let epoch = view.epoch();
+        let Some(route) = volume_route(&view, volume) else {
+            let status = if header.epoch > epoch {
+                Status::Timeout
+            } else {
+                Status::OutOfRange
+            };
+            return Err(error_reply(status, epoch));
+        };
+        let key = check_pg(header, route)?;
+        if let Some(handle) = self.ensure_pg(key, &view) {
+            return Ok(handle);
+        }
+        // Not hosted here: answer as a stray engine would.
+        let status = if header.epoch < epoch {
+            Status::StaleEpoch
+        } else if header.epoch > epoch {
+            Status::Timeout
+        } else if OpKind::from_replicate_opcode(header.opcode).is_some() {
+            Status::Invalid
+        } else {
+            Status::NotPrimary
+        };
+        Err(error_reply(status, epoch))
+    }
+}
+
+/// The PG the frame names, checked against the chunk's placement (a FLUSH names no chunk,
+/// only a PG of the volume's pool).
+fn check_pg(header: &Header, route: VolumeRoute) -> Result<PgKey, Reply> {
+    let key = PgKey {
+        pool: route.pool,
+        pg: header.pg,
+    };
+    let valid = if header.opcode == Opcode::Flush {
+        header.pg.0 < route.pg_count
+    } else {
+        pg_of(header.chunk.volume, header.chunk.index, route.pg_count) == header.pg
+    };
+    if valid {
+        Ok(key)
+    } else {
+        Err(error_reply(Status::Invalid, header.epoch))
+    }
+}
+
+/// The request a frame carries; `None` for opcodes the replication layer does not serve.
+fn decode(peer: NodeId, frame: Frame) -> Option<Request> {
+    let header = frame.header;
+    let range = ChunkRange {
+        chunk: header.chunk,
+        offset: header.offset_bytes,
+        len: header.length_bytes,
+    };
+    let mutation = |kind: OpKind| match kind {
+        // The decoder checked the payload is exactly `length` bytes; it is a slice of the
+        // receive buffer, passed on without a copy.
+        OpKind::Write => Mutation::Write(frame.payload.clone()),
+        OpKind::Trim => Mutation::Trim,
+        OpKind::Zeroes => Mutation::Zeroes,
+    };
+    let epoch = header.epoch;
+    if let Some(kind) = OpKind::from_client_opcode(header.opcode) {
+        return Some(Request::Write {
+            epoch,
+            range,
+            mutation: mutation(kind),
+        });
+    }
+    if let Some(kind) = OpKind::from_replicate_opcode(header.opcode) {
+        return Some(Request::Replicate {
+            from: peer,
+            epoch,
+            version: header.pg_version,
+            range,
+            mutation: mutation(kind),
+        });
+    }
+    match header.opcode {
+        Opcode::Read => Some(Request::Read { epoch, range }),
+        Opcode::Flush => Some(Request::Flush { epoch }),
+        _ => None,
+    }
+}
