@@ -695,3 +695,46 @@ async fn restarted_engines_continue_from_the_stores_versions() {
         );
     }
 }
+
+/// Goal: TRIM and WRITE_ZEROES replicate like writes (every replica reads zeroes), FLUSH is
+/// answered by the primary, and a frame naming the wrong PG for its chunk is refused
+/// `Invalid` without touching the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trim_zeroes_flush_and_misrouted_frames() {
+    let cluster = Cluster::start().await;
+    let epoch = cluster.epoch();
+    let index = cluster.chunk_led_by(NodeId(3), 0);
+    let data = pattern(7, 16384);
+    assert_eq!(
+        cluster.write_at(epoch, index, 0, data.clone()).await,
+        Status::Ok
+    );
+    let primary = cluster.primary(index);
+    for (opcode, offset) in [(Opcode::Trim, 0), (Opcode::WriteZeroes, 8192)] {
+        let header = cluster.header(opcode, epoch, index, offset, 4096);
+        let (status, _, _) = cluster.call(primary, header, Bytes::new()).await;
+        assert_eq!(status, Status::Ok, "{opcode:?}");
+    }
+    let mut expected = data.to_vec();
+    expected[..4096].fill(0);
+    expected[8192..12288].fill(0);
+    let stored = cluster.stored_all(index, 0, 16384).await;
+    for (node, (bytes, version)) in stored.iter().enumerate() {
+        assert!(bytes.as_ref() == expected.as_slice(), "node {node}");
+        assert_eq!(version.map(|v| v.version), Some(3), "node {node}");
+    }
+    let mut flush = cluster.header(Opcode::Flush, epoch, index, 0, 0);
+    flush.chunk.index = 0;
+    let (status, _, _) = cluster.call(primary, flush, Bytes::new()).await;
+    assert_eq!(status, Status::Ok, "flush");
+
+    let mut wrong = cluster.header(Opcode::Write, epoch, index, 0, 4096);
+    wrong.pg = PgId((wrong.pg.0 + 1) % 16);
+    let (status, reply_epoch, _) = cluster.call(primary, wrong, pattern(8, 4096)).await;
+    assert_eq!((status, reply_epoch), (Status::Invalid, epoch));
+    let (bytes, _) = cluster.stored(0, index, 0, 4096).await;
+    assert!(
+        bytes.iter().all(|byte| *byte == 0),
+        "misrouted write applied"
+    );
+}

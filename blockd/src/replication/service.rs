@@ -467,7 +467,7 @@ impl Inner {
             if header.epoch <= table.view.epoch()
                 && let Some(route) = table.volumes.get(&volume)
             {
-                let key = check_pg(header, *route)?;
+                let key = check_pg(header, *route, table.view.epoch())?;
                 if let Some(handle) = table.pgs.get(&key) {
                     return Ok(handle.clone());
                 }
@@ -502,7 +502,7 @@ impl Inner {
             };
             return Err(error_reply(status, epoch));
         };
-        let key = check_pg(header, route)?;
+        let key = check_pg(header, route, epoch)?;
         if let Some(handle) = self.ensure_pg(key, &view) {
             return Ok(handle);
         }
@@ -521,8 +521,8 @@ impl Inner {
 }
 
 /// The PG the frame names, checked against the chunk's placement (a FLUSH names no chunk,
-/// only a PG of the volume's pool).
-fn check_pg(header: &Header, route: VolumeRoute) -> Result<PgKey, Reply> {
+/// only a PG of the volume's pool); a mismatch is answered `Invalid` with our `epoch`.
+fn check_pg(header: &Header, route: VolumeRoute, epoch: Epoch) -> Result<PgKey, Reply> {
     let key = PgKey {
         pool: route.pool,
         pg: header.pg,
@@ -535,7 +535,7 @@ fn check_pg(header: &Header, route: VolumeRoute) -> Result<PgKey, Reply> {
     if valid {
         Ok(key)
     } else {
-        Err(error_reply(Status::Invalid, header.epoch))
+        Err(error_reply(Status::Invalid, epoch))
     }
 }
 
