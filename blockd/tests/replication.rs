@@ -15,14 +15,16 @@ use basalt::placement::{
 };
 use basalt::wire::Status;
 use basalt::wire::{Bytes, ClusterSecret, Features, HandshakeConfig, Header, Opcode, RequestId};
+use blockd::frontends::VolumeBackend;
+use blockd::gateway::{Gateway, GatewayConfig, VolumeSpec};
 use blockd::peer::{PeerConfig, PeerServer, Peers, Router};
 use blockd::replication::{FailureReport, Limits, ReplicationConfig, ReplicationService};
 use blockd::store::geometry::GeometryOptions;
 use blockd::store::handle::format;
 use blockd::store::{FormatOptions, OpenOptions, Store};
-use blockd::view::{ClusterView, VolumeView};
+use blockd::view::{ClusterView, MapPublisher, VolumeView, map_channel};
 use tempfile::TempDir;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 const POOL: PoolId = PoolId(0);
@@ -90,7 +92,7 @@ struct Node {
 struct Running {
     service: Arc<ReplicationService>,
     server: Option<PeerServer>,
-    views: watch::Sender<Arc<ClusterView>>,
+    views: MapPublisher,
 }
 
 /// What the views are built from; changed by the tests.
@@ -132,7 +134,7 @@ fn view_of(placement: &Placement, chunk_size_bytes: u32) -> ClusterView {
     ClusterView {
         map: placement.map.clone(),
         chunk_size_bytes,
-        peer_addrs: placement.addrs.clone(),
+        node_addrs: placement.addrs.clone(),
         volumes: BTreeMap::from([(
             "vol".to_owned(),
             VolumeView {
@@ -151,11 +153,11 @@ async fn run_node(
     view: ClusterView,
     reports: mpsc::Sender<FailureReport>,
 ) -> Running {
-    let (views, view) = watch::channel(Arc::new(view));
+    let (views, maps) = map_channel(view);
     let drive: DriveId = store.superblock().drive_id;
     let peers = Arc::new(Peers::new(peer_config(id)).expect("pool"));
     let stores = BTreeMap::from([(drive, Arc::clone(store))]);
-    let service = ReplicationService::start(replication_config(id), stores, peers, view, reports)
+    let service = ReplicationService::start(replication_config(id), stores, peers, maps, reports)
         .await
         .expect("start replication");
     let router = Router::new().with_io(service.clone());
@@ -291,12 +293,9 @@ impl Cluster {
 
     /// Sends the current view to the nodes at `indexes`.
     fn publish(&self, indexes: &[usize]) {
-        let view = Arc::new(view_of(&self.placement(), self.chunk_size_bytes));
+        let view = view_of(&self.placement(), self.chunk_size_bytes);
         for index in indexes {
-            self.nodes[*index]
-                .running()
-                .views
-                .send_replace(Arc::clone(&view));
+            self.nodes[*index].running().views.publish(view.clone());
         }
     }
 
@@ -723,10 +722,22 @@ async fn trim_zeroes_flush_and_misrouted_frames() {
         assert!(bytes.as_ref() == expected.as_slice(), "node {node}");
         assert_eq!(version.map(|v| v.version), Some(3), "node {node}");
     }
-    let mut flush = cluster.header(Opcode::Flush, epoch, index, 0, 0);
-    flush.chunk.index = 0;
-    let (status, _, _) = cluster.call(primary, flush, Bytes::new()).await;
-    assert_eq!(status, Status::Ok, "flush");
+    // FLUSH goes to a node (PG 0, the volume's chunk 0): a barrier in every PG it leads.
+    let mut flush = Header::new(Opcode::Flush, RequestId(0));
+    flush.epoch = epoch;
+    flush.chunk = ChunkKey::new(VOLUME, 0);
+    for node in [NodeId(1), NodeId(2), NodeId(3)] {
+        let (status, _, _) = cluster.call(node, flush, Bytes::new()).await;
+        assert_eq!(status, Status::Ok, "flush on {node}");
+    }
+    let mut stale = flush;
+    stale.epoch = Epoch(epoch.0 - 1);
+    let (status, reply_epoch, _) = cluster.call(primary, stale, Bytes::new()).await;
+    assert_eq!(
+        (status, reply_epoch),
+        (Status::StaleEpoch, epoch),
+        "stale flush"
+    );
 
     let mut wrong = cluster.header(Opcode::Write, epoch, index, 0, 4096);
     wrong.pg = PgId((wrong.pg.0 + 1) % 16);
@@ -736,5 +747,75 @@ async fn trim_zeroes_flush_and_misrouted_frames() {
     assert!(
         bytes.iter().all(|byte| *byte == 0),
         "misrouted write applied"
+    );
+}
+
+/// Goal: the real gateway works against the replication service end to end: unaligned
+/// requests split over several chunks, FLUSH per node, and a node failure in the middle
+/// (published to the nodes and the gateway) without a failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_volume_survives_a_node_failure() {
+    let cluster = Cluster::start().await;
+    let (gateway_maps, maps) = map_channel(view_of(&cluster.placement(), cluster.chunk_size_bytes));
+    let peers = Arc::new(Peers::new(peer_config(NodeId(101))).expect("gateway pool"));
+    let config = GatewayConfig {
+        request_timeout: Duration::from_secs(20),
+        retry_delay_min: Duration::from_millis(2),
+        retry_delay_max: Duration::from_millis(50),
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::new(peers, maps, config).expect("gateway");
+    let volume = gateway
+        .volume(VolumeSpec {
+            id: VOLUME,
+            pool: POOL,
+            size_bytes: 1 << 30,
+            read_only: false,
+        })
+        .expect("volume");
+    let chunk = u64::from(cluster.chunk_size_bytes);
+    let first_offset = 3 * chunk - 4096 + 512;
+    let first = pattern(21, 2 * chunk as usize + 8192);
+    volume
+        .write(first_offset, first.clone(), false)
+        .await
+        .expect("write");
+    volume.flush().await.expect("flush");
+    let read = volume
+        .read(first_offset, first.len() as u32)
+        .await
+        .expect("read");
+    assert!(read == first, "read back across chunks");
+
+    cluster.stop_server(2).await;
+    cluster.mark_down(2);
+    cluster.publish(&[0, 1, 2]);
+    gateway_maps.publish(view_of(&cluster.placement(), cluster.chunk_size_bytes));
+    let second_offset = 7 * chunk - 1024;
+    let second = pattern(22, chunk as usize);
+    volume
+        .write(second_offset, second.clone(), true)
+        .await
+        .expect("degraded write");
+    volume.flush().await.expect("degraded flush");
+    let read = volume
+        .read(second_offset, second.len() as u32)
+        .await
+        .expect("read");
+    assert!(read == second, "degraded read back");
+    let read = volume
+        .read(first_offset, first.len() as u32)
+        .await
+        .expect("read");
+    assert!(read == first, "earlier data still readable");
+    let index = second_offset / chunk + 1;
+    let stored = cluster.stored_all(index, 0, 4096).await;
+    assert!(
+        stored[0].0 == stored[1].0,
+        "survivors agree on chunk {index}"
+    );
+    assert!(
+        stored[0].0 == second.slice(1024..5120),
+        "survivors hold the degraded write"
     );
 }

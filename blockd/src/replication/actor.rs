@@ -20,7 +20,7 @@ use basalt::ids::{ChunkVersion, DriveId, Epoch, NodeId};
 use basalt::wire::{Bytes, Frame, Header, RequestId, Status};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::pg::PgEngine;
@@ -31,7 +31,7 @@ use super::types::{
 };
 use crate::peer::{PeerError, Peers, Reply};
 use crate::store::Store;
-use crate::view::ViewReceiver;
+use crate::view::ClusterView;
 
 /// Work the task started and awaits concurrently.
 type Work = Pin<Box<dyn Future<Output = Event> + Send>>;
@@ -112,7 +112,7 @@ pub(crate) struct PgTask {
     pub(crate) engine: PgEngine<Bytes>,
     pub(crate) store: Arc<Store>,
     pub(crate) peers: Arc<Peers>,
-    pub(crate) view: ViewReceiver,
+    pub(crate) view: watch::Receiver<Arc<ClusterView>>,
     pub(crate) failures: mpsc::Sender<FailureReport>,
     /// How long a `MapBehind` request waits for the view.
     pub(crate) view_wait: Duration,

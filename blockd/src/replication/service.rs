@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use basalt::ids::{ChunkVersion, DriveId, Epoch, NodeId, PgId, VolumeId};
 use basalt::placement::{PoolId, pg_of};
-use basalt::wire::{Frame, Header, Opcode, Status};
-use tokio::sync::{mpsc, oneshot};
+use basalt::wire::{Bytes, Frame, Header, Opcode, Status};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,7 +24,7 @@ use super::pg::PgEngine;
 use super::types::{ChunkRange, EngineError, Limits, MapView, Mutation, OpKind, PgConfig};
 use crate::peer::{BoxFuture, IoHandler, Peers, Reply};
 use crate::store::{Store, StoreError};
-use crate::view::{ClusterView, ViewReceiver};
+use crate::view::{ClusterView, MapWatch};
 
 /// Default bound on how long a request waits for this node's view to reach the request's
 /// epoch (or to learn its volume) before it is answered `Timeout`. A map change reaches every
@@ -206,7 +206,7 @@ struct Inner {
     config: ReplicationConfig,
     stores: BTreeMap<DriveId, Arc<Store>>,
     peers: Arc<Peers>,
-    view: ViewReceiver,
+    view: watch::Receiver<Arc<ClusterView>>,
     failures: mpsc::Sender<FailureReport>,
     table: RwLock<Table>,
     heads: Mutex<Heads>,
@@ -227,7 +227,7 @@ pub struct ReplicationService {
 
 impl ReplicationService {
     /// Starts the service over this node's `stores` (one per drive, keyed by drive id): lists
-    /// each drive's chunks to find every PG's head, then follows `view` (starting a task for each
+    /// each drive's chunks to find every PG's head, then follows the views of `maps` (starting a task for each
     /// PG whose acting set names this node, and keeping `peers`' address book current). Failed
     /// members and drives are sent to `failures` (never blocking: a full channel drops the
     /// report with a warning).
@@ -237,9 +237,10 @@ impl ReplicationService {
         config: ReplicationConfig,
         stores: BTreeMap<DriveId, Arc<Store>>,
         peers: Arc<Peers>,
-        view: ViewReceiver,
+        maps: MapWatch,
         failures: mpsc::Sender<FailureReport>,
     ) -> Result<Arc<Self>, ReplicationError> {
+        let view = maps.receiver();
         config.limits.validate()?;
         if config.pg_inbox_depth == 0 {
             return Err(ReplicationError::Config {
@@ -356,7 +357,7 @@ impl Inner {
     /// table, and a task for every PG whose acting set names this node.
     fn apply_view(&self, view: &Arc<ClusterView>) {
         let me = self.config.node;
-        for (node, addr) in &view.peer_addrs {
+        for (node, addr) in &view.node_addrs {
             if *node != me {
                 self.peers.set_address(*node, *addr);
             }
@@ -435,37 +436,42 @@ impl Inner {
         Some(handle)
     }
 
+    /// Sends `request` to a PG task and waits for its answer; `IoError` if the task is gone
+    /// (the service is stopping).
+    async fn ask(&self, handle: &PgHandle, request: Request) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        if handle.inbox.send(Input { request, reply }).await.is_ok()
+            && let Ok(reply) = answer.await
+        {
+            return reply;
+        }
+        error_reply(Status::IoError, self.current_epoch())
+    }
+
     /// Answers one I/O frame.
     async fn serve(&self, peer: NodeId, frame: Frame) -> Reply {
         let header = frame.header;
+        if header.opcode == Opcode::Flush {
+            return self.flush(&header).await;
+        }
         let Some(request) = decode(peer, frame) else {
             return error_reply(Status::Unsupported, self.current_epoch());
         };
-        let handle = match self.route(&header).await {
-            Ok(handle) => handle,
-            Err(reply) => return reply,
-        };
-        let (reply, answer) = oneshot::channel();
-        if handle.inbox.send(Input { request, reply }).await.is_err() {
-            return error_reply(Status::IoError, self.current_epoch());
-        }
-        match answer.await {
-            Ok(reply) => reply,
-            // The PG task stopped (shutdown).
-            Err(_) => error_reply(Status::IoError, self.current_epoch()),
+        match self.route(&header).await {
+            Ok(handle) => self.ask(&handle, request).await,
+            Err(reply) => reply,
         }
     }
 
     /// The task of the frame's PG. Fast path: the routing table knows the volume, the
-    /// request's epoch is not newer than the table's view, and the PG task runs. Otherwise waits
-    /// (at most `view_wait`) for a view that has the epoch and the volume, then starts the PG's
-    /// task if this node hosts it, or answers as the engine would.
+    /// request's epoch is not newer than the table's view, and the PG task runs. Otherwise
+    /// [`Self::view_for`] the frame, then the PG's task is started if this node hosts the PG,
+    /// or the frame is answered as a stray engine would.
     async fn route(&self, header: &Header) -> Result<PgHandle, Reply> {
-        let volume = header.chunk.volume;
         {
             let table = self.table();
             if header.epoch <= table.view.epoch()
-                && let Some(route) = table.volumes.get(&volume)
+                && let Some(route) = table.volumes.get(&header.chunk.volume)
             {
                 let key = check_pg(header, *route, table.view.epoch())?;
                 if let Some(handle) = table.pgs.get(&key) {
@@ -473,6 +479,27 @@ impl Inner {
                 }
             }
         }
+        let (view, route) = self.view_for(header).await?;
+        let epoch = view.epoch();
+        let key = check_pg(header, route, epoch)?;
+        if let Some(handle) = self.ensure_pg(key, &view) {
+            return Ok(handle);
+        }
+        let status = if header.epoch < epoch {
+            Status::StaleEpoch
+        } else if OpKind::from_replicate_opcode(header.opcode).is_some() {
+            Status::Invalid
+        } else {
+            Status::NotPrimary
+        };
+        Err(error_reply(status, epoch))
+    }
+
+    /// A view with the frame's epoch (or newer) that knows the frame's volume, waiting for one
+    /// at most `view_wait`; the frame is answered `Timeout` if its epoch never came and
+    /// `OutOfRange` if its volume is unknown.
+    async fn view_for(&self, header: &Header) -> Result<(Arc<ClusterView>, VolumeRoute), Reply> {
+        let volume = header.chunk.volume;
         let ready = |view: &ClusterView| {
             view.epoch() >= header.epoch && volume_route(view, volume).is_some()
         };
@@ -494,52 +521,91 @@ impl Inner {
             }
         };
         let epoch = view.epoch();
-        let Some(route) = volume_route(&view, volume) else {
-            let status = if header.epoch > epoch {
-                Status::Timeout
-            } else {
-                Status::OutOfRange
-            };
-            return Err(error_reply(status, epoch));
-        };
-        let key = check_pg(header, route, epoch)?;
-        if let Some(handle) = self.ensure_pg(key, &view) {
-            return Ok(handle);
+        if header.epoch > epoch {
+            return Err(error_reply(Status::Timeout, epoch));
         }
-        // Not hosted here: answer as a stray engine would.
-        let status = if header.epoch < epoch {
-            Status::StaleEpoch
-        } else if header.epoch > epoch {
-            Status::Timeout
-        } else if OpKind::from_replicate_opcode(header.opcode).is_some() {
-            Status::Invalid
-        } else {
-            Status::NotPrimary
+        match volume_route(&view, volume) {
+            Some(route) => Ok((view, route)),
+            None => Err(error_reply(Status::OutOfRange, epoch)),
+        }
+    }
+
+    /// FLUSH is addressed to a node (the gateway sends one to every primary it wrote to, naming
+    /// the volume): a barrier in every PG of the volume's pool this node leads, answered once
+    /// all of them are. A PG's answer other than `Ok` is the answer (`StaleEpoch` first, so the
+    /// gateway fetches the newer map).
+    async fn flush(&self, header: &Header) -> Reply {
+        let (view, route) = match self.view_for(header).await {
+            Ok(found) => found,
+            Err(reply) => return reply,
         };
-        Err(error_reply(status, epoch))
+        let epoch = view.epoch();
+        let me = self.config.node;
+        let led: Vec<PgKey> = view
+            .map
+            .pool(route.pool)
+            .map(|pool| {
+                (0u32..)
+                    .zip(pool.pgs())
+                    .filter(|(_, placement)| placement.primary().is_some_and(|m| m.node == me))
+                    .map(|(pg, _)| PgKey {
+                        pool: route.pool,
+                        pg: PgId(pg),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if led.is_empty() {
+            let status = if header.epoch < epoch {
+                Status::StaleEpoch
+            } else {
+                Status::NotPrimary
+            };
+            return error_reply(status, epoch);
+        }
+        let flushes = led.into_iter().map(|key| {
+            let handle = self.ensure_pg(key, &view);
+            async move {
+                match handle {
+                    Some(handle) => {
+                        let request = Request::Flush {
+                            epoch: header.epoch,
+                        };
+                        self.ask(&handle, request).await
+                    }
+                    None => error_reply(Status::IoError, epoch),
+                }
+            }
+        });
+        let replies = futures_util::future::join_all(flushes).await;
+        let stale = replies
+            .iter()
+            .filter(|reply| reply.status == Status::StaleEpoch)
+            .max_by_key(|reply| reply.epoch);
+        let failed = replies.iter().find(|reply| reply.status != Status::Ok);
+        match stale.or(failed) {
+            Some(reply) => reply.clone(),
+            None => Reply::ok(epoch, Bytes::new()),
+        }
     }
 }
 
-/// The PG the frame names, checked against the chunk's placement (a FLUSH names no chunk,
-/// only a PG of the volume's pool); a mismatch is answered `Invalid` with our `epoch`.
+/// The PG the frame names, checked against the chunk's placement; a mismatch is answered
+/// `Invalid` with our `epoch`.
 fn check_pg(header: &Header, route: VolumeRoute, epoch: Epoch) -> Result<PgKey, Reply> {
     let key = PgKey {
         pool: route.pool,
         pg: header.pg,
     };
-    let valid = if header.opcode == Opcode::Flush {
-        header.pg.0 < route.pg_count
-    } else {
-        pg_of(header.chunk.volume, header.chunk.index, route.pg_count) == header.pg
-    };
-    if valid {
+    if pg_of(header.chunk.volume, header.chunk.index, route.pg_count) == header.pg {
         Ok(key)
     } else {
         Err(error_reply(Status::Invalid, epoch))
     }
 }
 
-/// The request a frame carries; `None` for opcodes the replication layer does not serve.
+/// The request a per-PG frame carries (FLUSH is per node, see `Inner::flush`); `None` for
+/// opcodes the replication layer does not serve.
 fn decode(peer: NodeId, frame: Frame) -> Option<Request> {
     let header = frame.header;
     let range = ChunkRange {
@@ -573,7 +639,6 @@ fn decode(peer: NodeId, frame: Frame) -> Option<Request> {
     }
     match header.opcode {
         Opcode::Read => Some(Request::Read { epoch, range }),
-        Opcode::Flush => Some(Request::Flush { epoch }),
         _ => None,
     }
 }
