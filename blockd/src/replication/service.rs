@@ -227,10 +227,10 @@ pub struct ReplicationService {
 
 impl ReplicationService {
     /// Starts the service over this node's `stores` (one per drive, keyed by drive id): lists
-    /// each drive's chunks to find every PG's head, then follows the views of `maps` (starting a task for each
-    /// PG whose acting set names this node, and keeping `peers`' address book current). Failed
-    /// members and drives are sent to `failures` (never blocking: a full channel drops the
-    /// report with a warning).
+    /// each drive's chunks to find every PG's head, then follows the views of `maps` (starting
+    /// a task for each PG whose acting set names this node, and keeping `peers`' address book
+    /// current). Failed members and drives are sent to `failures` (never blocking: a full
+    /// channel drops the report with a warning).
     ///
     /// Register it with `Router::new().with_io(service.clone())`.
     pub async fn start(
