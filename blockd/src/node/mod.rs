@@ -29,6 +29,7 @@ use crate::frontends::nbd::{NbdConfig, NbdServer};
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::meta::{MetaNode, MetaNodeConfig, ProposeError};
 use crate::peer::{PeerConfig, PeerServer, Peers, Router};
+use crate::replication::{FailureReport, ReplicationConfig, ReplicationService};
 use crate::store::Store;
 use crate::view::{ClusterView, MapWatch, map_channel};
 use control::{
@@ -84,6 +85,7 @@ pub struct Node {
     server: PeerServer,
     nbd: NbdServer<exports::ClusterExports>,
     nbd_addr: SocketAddr,
+    replication: Arc<ReplicationService>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -117,12 +119,7 @@ impl Node {
         let peer_config = PeerConfig::new(handshake);
         let peers = Arc::new(Peers::new(peer_config.clone()).context("peer pool")?);
 
-        let mut meta_config = MetaNodeConfig::new(node_id.0, config.data_dir.join("meta"));
-        meta_config.cluster_name = cluster_id.to_string();
-        let transport = Arc::new(raft::PeerRaftTransport::new(Arc::clone(&peers)));
-        let meta = MetaNode::start(meta_config, transport, MetaState::new())
-            .await
-            .context("metadata service")?;
+        let meta = start_meta(&config, cluster_id, &peers).await?;
 
         let (publisher, maps) = map_channel(view::build(&meta.read_state()));
         let shared = Arc::new(NodeShared {
@@ -137,7 +134,17 @@ impl Node {
             maps,
         });
 
-        let router = build_router(&shared);
+        let (failure_tx, failure_rx) = tokio::sync::mpsc::channel(FAILURE_REPORTS_QUEUED_MAX);
+        let replication = ReplicationService::start(
+            ReplicationConfig::new(node_id),
+            shared.stores.clone(),
+            Arc::clone(&shared.peers),
+            shared.maps(),
+            failure_tx,
+        )
+        .await
+        .context("replication service")?;
+        let router = build_router(&shared).with_io(Arc::clone(&replication) as _);
         let listen = shared.config.peer.listen;
         let server = PeerServer::bind(listen, peer_config, Arc::new(router))
             .await
@@ -157,12 +164,14 @@ impl Node {
                 publisher,
                 cancel.clone(),
             )),
+            tokio::spawn(log_failure_reports(failure_rx, cancel.clone())),
         ];
         Ok(Node {
             shared,
             server,
             nbd,
             nbd_addr,
+            replication,
             cancel,
             tasks,
         })
@@ -188,6 +197,7 @@ impl Node {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.nbd.shutdown().await;
         self.cancel.cancel();
+        self.replication.shutdown().await;
         for task in self.tasks {
             let _ = task.await;
         }
@@ -201,6 +211,42 @@ impl Node {
             }
         }
         Ok(())
+    }
+}
+
+/// Starts this node's Raft instance of the metadata service, its RPCs carried by `peers`.
+async fn start_meta(
+    config: &NodeConfig,
+    cluster_id: ClusterId,
+    peers: &Arc<Peers>,
+) -> anyhow::Result<MetaNode<MetaState>> {
+    let mut meta_config = MetaNodeConfig::new(config.node_id.0, config.data_dir.join("meta"));
+    meta_config.cluster_name = cluster_id.to_string();
+    let transport = Arc::new(raft::PeerRaftTransport::new(Arc::clone(peers)));
+    MetaNode::start(meta_config, transport, MetaState::new())
+        .await
+        .context("metadata service")
+}
+
+/// Failure reports the replication engines may queue before the oldest are dropped.
+const FAILURE_REPORTS_QUEUED_MAX: usize = 256;
+
+/// Logs failure reports from the replication engines. Marking nodes down is left to the
+/// leader's heartbeat-based failure detector: a replica that times out on one primary may be
+/// healthy (the reporter may be the one cut off), and dropping a healthy member costs a
+/// recovery, so one report is not evidence enough.
+async fn log_failure_reports(
+    mut reports: tokio::sync::mpsc::Receiver<FailureReport>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            report = reports.recv() => match report {
+                Some(report) => tracing::warn!(?report, "replication failure report"),
+                None => return,
+            },
+        }
     }
 }
 
