@@ -122,11 +122,14 @@ impl ChunkState {
         }
     }
 
-    /// Marks the chunk changed by durable batch `seq`.
+    /// Marks the chunk changed by durable batch `seq`. The chunk's version is the highest
+    /// version applied, not the last to become durable: two writes to different blocks of a
+    /// chunk may complete out of order, and replication resumes a PG from the highest version
+    /// on disk.
     pub fn touch(&mut self, seq: u64, version: ChunkVersion) {
         debug_assert!(seq >= self.last_seq);
         self.last_seq = seq;
-        self.version = version;
+        self.version = self.version.max(version);
         self.exists = true;
         if self.first_dirty_seq.is_none() {
             self.first_dirty_seq = Some(seq);

@@ -144,6 +144,12 @@ fn apply(image: &mut Image, record: &RecordRef<'_>, batch: usize, body_at: usize
             return;
         }
     }
+    // Highest version wins, as in `ChunkState::touch`: records of one chunk may be journaled
+    // out of version order.
+    image.version = if image.exists {
+        image.version.max(record.version)
+    } else {
+        record.version
+    };
     image.exists = true;
-    image.version = record.version;
 }
