@@ -30,8 +30,15 @@ pub struct ProposeRequest {
 /// The leader's answer to a forwarded proposal.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ProposeReply {
-    /// Committed and applied; the state machine's result.
-    Applied(CommandResult),
+    /// Committed and applied; the state machine's result, and the leader's applied log index
+    /// at that moment (the forwarder waits for its own copy to reach it, so callers can read
+    /// their own writes).
+    Applied {
+        /// The state machine's answer.
+        result: CommandResult,
+        /// The leader's applied index after applying it.
+        applied_index: Option<u64>,
+    },
     /// The receiver is not the leader; try this one (if known).
     NotLeader {
         /// The leader the receiver knows of: (node id, peer address).

@@ -318,7 +318,17 @@ impl NodeShared {
                 None => ProposeReply::NotLeader { leader: None },
             };
             match reply {
-                ProposeReply::Applied(result) => return Ok(result),
+                ProposeReply::Applied {
+                    result,
+                    applied_index,
+                } => {
+                    if let Some(index) = applied_index
+                        && let Err(e) = self.meta.wait_applied(index, PROPOSE_BOUND).await
+                    {
+                        tracing::warn!(index, error = %e, "local copy did not catch up with the leader");
+                    }
+                    return Ok(result);
+                }
                 ProposeReply::NoQuorum => return Err(ProposeFailure::NoQuorum),
                 ProposeReply::Unknown(e) => return Err(ProposeFailure::Unknown(e)),
                 ProposeReply::Failed(e) => return Err(ProposeFailure::Failed(e)),
@@ -360,7 +370,10 @@ impl NodeShared {
     /// Proposes on this node's Raft instance and classifies the outcome for a forwarder.
     pub(crate) async fn propose_local(&self, command: &Command) -> ProposeReply {
         match self.meta.propose(command).await {
-            Ok(result) => ProposeReply::Applied(result),
+            Ok(result) => ProposeReply::Applied {
+                result,
+                applied_index: self.meta.status().applied_index,
+            },
             Err(ProposeError::ForwardToLeader {
                 leader_id,
                 leader_addr,
