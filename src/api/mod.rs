@@ -7,6 +7,7 @@
 //! [`crate::meta::CommandKind`]s for the leader. Conventions (sizes, times, codes) are in
 //! `docs/api.md`.
 
+pub mod client;
 mod cluster;
 mod problem;
 #[cfg(test)]
@@ -15,10 +16,13 @@ mod volumes;
 
 pub use cluster::{
     ClusterInitRequest, ClusterStatus, DriveView, Health, NodeAddressesView, NodeCounts, NodeList,
-    NodeStatus, NodeView, PgCounts, PgList, PgMemberView, PgStatus, PgView,
+    NodeStatus, NodeView, PgCounts, PgList, PgMemberView, PgStatus, PgView, RaftRole, RaftView,
 };
 pub use problem::{PROBLEM_CONTENT_TYPE, Problem, ProblemType};
-pub use volumes::{VolumeCreateRequest, VolumeList, VolumeResizeRequest, VolumeStatus, VolumeView};
+pub use volumes::{
+    ExportView, NbdEndpointView, VolumeCreateRequest, VolumeList, VolumeResizeRequest,
+    VolumeStatus, VolumeView,
+};
 
 /// Name of the header that makes a creating call idempotent.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
