@@ -110,15 +110,9 @@ async fn volume_lifecycle() {
     assert_ne!(again.1["id"], created.1["id"]);
 }
 
-#[tokio::test]
-async fn bad_volume_requests_get_the_right_problem() {
-    let cluster = start().await;
-    let created = cluster
-        .post("/v1/volumes", json!({"name": "taken", "size": "1G"}))
-        .await;
-    assert_eq!(created.0, StatusCode::CREATED);
-
-    let create_cases: Vec<(Value, u16, &str)> = vec![
+/// Create bodies that must be refused, with the status and problem type.
+fn bad_creates() -> Vec<(Value, u16, &'static str)> {
+    vec![
         (
             json!({"name": "Bad_Name", "size": "1G"}),
             400,
@@ -180,13 +174,28 @@ async fn bad_volume_requests_get_the_right_problem() {
         (json!({"name": 7, "size": "1G"}), 400, "bad-request"),
         (json!(["v", "1G"]), 400, "bad-request"),
         (json!(null), 400, "bad-request"),
-    ];
-    for (body, status, problem_type) in create_cases {
+    ]
+}
+
+#[tokio::test]
+async fn bad_volume_requests_get_the_right_problem() {
+    let cluster = start().await;
+    let created = cluster
+        .post("/v1/volumes", json!({"name": "taken", "size": "1G"}))
+        .await;
+    assert_eq!(created.0, StatusCode::CREATED);
+
+    for (body, status, problem_type) in bad_creates() {
         let result = cluster.post("/v1/volumes", body.clone()).await;
         assert_eq!(result.0.as_u16(), status, "{body} -> {}", result.1);
         assert_problem(&result, status, problem_type);
         assert_eq!(result.1["instance"], "/v1/volumes", "{body}");
     }
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_the_right_problem() {
+    let cluster = start().await;
     // 99999999999999999999 is not a u64: JSON number overflow.
     let huge = raw(
         &cluster,
@@ -246,7 +255,16 @@ async fn bad_volume_requests_get_the_right_problem() {
     )
     .await;
     assert_problem(&result, 413, "payload-too-large");
+    assert_eq!(cluster.get("/v1/volumes").await.0, StatusCode::OK);
+}
 
+#[tokio::test]
+async fn bad_resizes_and_lookups_get_the_right_problem() {
+    let cluster = start().await;
+    let created = cluster
+        .post("/v1/volumes", json!({"name": "taken", "size": "1G"}))
+        .await;
+    assert_eq!(created.0, StatusCode::CREATED);
     // Resize: shrink, bad sizes, unknown volume, bad names.
     let resize_cases: Vec<(&str, Value, u16, &str)> = vec![
         ("taken", json!({"size": "512M"}), 409, "shrink-not-allowed"),
@@ -382,6 +400,21 @@ async fn auth_tokens_and_roles() {
         401,
         "unauthorized",
     );
+    // The scheme is case-insensitive.
+    let lower = common::send(
+        cluster
+            .http
+            .get(cluster.url("/v1/volumes"))
+            .header("authorization", format!("bearer {ADMIN_TOKEN}")),
+    )
+    .await;
+    assert_eq!(lower.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn read_only_tokens_may_only_read() {
+    let cluster = start().await;
+    let create = json!({"name": "v", "size": "1G"});
 
     // A read-only token (stored in the replicated state) may read but not write.
     let read =
@@ -423,15 +456,6 @@ async fn auth_tokens_and_roles() {
     // Nothing was created, and the admin token still works.
     let list = cluster.get("/v1/volumes").await;
     assert_eq!(list.1["volumes"], json!([]));
-    // The scheme is case-insensitive.
-    let lower = common::send(
-        cluster
-            .http
-            .get(cluster.url("/v1/volumes"))
-            .header("authorization", format!("bearer {ADMIN_TOKEN}")),
-    )
-    .await;
-    assert_eq!(lower.0, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 # The admin token comes from BASALT_TOKEN. Installs schemathesis with pip when missing
 # (4.x; checked with 4.32.5 on Python 3.11). SCHEMATHESIS_MAX_EXAMPLES (default 100) bounds
 # the examples per operation; SCHEMATHESIS_MAX_TIME (seconds) optionally caps the run (with
-# it, fuzzing and stateful phases repeat until the time is spent).
+# it, fuzzing and stateful phases repeat until the time is spent); SCHEMATHESIS_SEED (default 1)
+# picks the generated cases.
 #
 # Checks: all but two whose premise the API contradicts on purpose:
 # - `positive_data_acceptance` expects any schema-valid request to succeed; valid-looking
@@ -23,8 +24,10 @@ if ! "$python" -m schemathesis.cli --version >/dev/null 2>&1; then
     "$python" -m pip install --quiet --disable-pip-version-check schemathesis
 fi
 
+# Reports and schemathesis' own cache go to a scratch directory, not the checkout.
 report_dir=$(mktemp -d)
 trap 'rm -rf "$report_dir"' EXIT
+cd "$report_dir"
 
 "$python" -m schemathesis.cli run "$url" \
     --header "Authorization: Bearer $BASALT_TOKEN" \
@@ -32,7 +35,7 @@ trap 'rm -rf "$report_dir"' EXIT
     --exclude-checks positive_data_acceptance,ensure_resource_availability \
     --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-100}" \
     ${SCHEMATHESIS_MAX_TIME:+--max-time "$SCHEMATHESIS_MAX_TIME"} \
-    --seed 1 \
+    --seed "${SCHEMATHESIS_SEED:-1}" \
     --workers 1 \
     --request-timeout 10 \
     --generation-database none \
