@@ -3,10 +3,13 @@
 //!
 //! Shared by the daemon's handlers (which derive the OpenAPI document from these types with
 //! `utoipa`) and the `basalt` CLI (which deserialises the same types), so the two cannot drift.
+//! [`client`] (feature `client`, on by default) is the one module that does I/O: a typed HTTP
+//! client of the API.
 //! Views are built from a node's local copy of [`crate::meta::MetaState`]; requests turn into
 //! [`crate::meta::CommandKind`]s for the leader. Conventions (sizes, times, codes) are in
 //! `docs/api.md`.
 
+#[cfg(feature = "client")]
 pub mod client;
 mod cluster;
 mod problem;
