@@ -2,6 +2,7 @@
 //! command-line shell over these modules, and integration tests and benchmarks use them
 //! directly.
 
+pub mod api;
 pub mod cli;
 pub mod frontends;
 pub mod gateway;

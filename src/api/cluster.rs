@@ -259,6 +259,43 @@ pub struct ClusterStatus {
     pub volumes: u32,
     /// Overall health.
     pub health: Health,
+    /// The answering node's Raft view (filled in by the daemon; absent in a bare state view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<RaftView>,
+}
+
+/// A node's role in the metadata service's Raft group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RaftRole {
+    /// Accepts writes.
+    Leader,
+    /// A voter following the leader.
+    Follower,
+    /// A voter running an election.
+    Candidate,
+    /// A non-voting member, or a node not yet in a cluster.
+    Learner,
+    /// Stopped.
+    Shutdown,
+}
+
+/// The answering node's view of the Raft group (`GET /v1/cluster`), for diagnosing a node that
+/// lags or cannot find the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RaftView {
+    /// The answering node.
+    pub node_id: u64,
+    /// Its role.
+    pub role: RaftRole,
+    /// Its current term.
+    pub term: u64,
+    /// Last log index it knows committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_index: Option<u64>,
+    /// Last log index it applied to its copy of the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
 }
 
 impl ClusterStatus {
@@ -297,6 +334,7 @@ impl ClusterStatus {
             pgs,
             volumes: u32::try_from(state.volumes().len()).unwrap_or(u32::MAX),
             health,
+            raft: None,
         }
     }
 }

@@ -3,10 +3,14 @@
 //!
 //! Shared by the daemon's handlers (which derive the OpenAPI document from these types with
 //! `utoipa`) and the `basalt` CLI (which deserialises the same types), so the two cannot drift.
+//! [`client`] (feature `client`, on by default) is the one module that does I/O: a typed HTTP
+//! client of the API.
 //! Views are built from a node's local copy of [`crate::meta::MetaState`]; requests turn into
 //! [`crate::meta::CommandKind`]s for the leader. Conventions (sizes, times, codes) are in
 //! `docs/api.md`.
 
+#[cfg(feature = "client")]
+pub mod client;
 mod cluster;
 mod problem;
 #[cfg(test)]
@@ -15,10 +19,13 @@ mod volumes;
 
 pub use cluster::{
     ClusterInitRequest, ClusterStatus, DriveView, Health, NodeAddressesView, NodeCounts, NodeList,
-    NodeStatus, NodeView, PgCounts, PgList, PgMemberView, PgStatus, PgView,
+    NodeStatus, NodeView, PgCounts, PgList, PgMemberView, PgStatus, PgView, RaftRole, RaftView,
 };
 pub use problem::{PROBLEM_CONTENT_TYPE, Problem, ProblemType};
-pub use volumes::{VolumeCreateRequest, VolumeList, VolumeResizeRequest, VolumeStatus, VolumeView};
+pub use volumes::{
+    ExportView, NbdEndpointView, VolumeCreateRequest, VolumeList, VolumeResizeRequest,
+    VolumeStatus, VolumeView,
+};
 
 /// Name of the header that makes a creating call idempotent.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";

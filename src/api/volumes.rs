@@ -117,3 +117,27 @@ pub struct VolumeList {
     /// Every live volume, by id.
     pub volumes: Vec<VolumeView>,
 }
+
+/// One NBD endpoint a volume can be reached at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NbdEndpointView {
+    /// The node serving it.
+    pub node: u64,
+    /// Its NBD address, `host:port`.
+    pub address: String,
+    /// Whether it is the node that answered (listed first: the cheapest path).
+    pub local: bool,
+}
+
+/// `GET /v1/exports/{volume}` response: where a host initiator connects to the volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExportView {
+    /// The volume's name.
+    pub volume: String,
+    /// The NBD export name (the volume's name).
+    pub export_name: String,
+    /// The volume's size in bytes.
+    pub size_bytes: u64,
+    /// Every up node with an NBD address; the answering node first, then by node id.
+    pub endpoints: Vec<NbdEndpointView>,
+}
