@@ -17,7 +17,8 @@ use super::retry::{Next, Outcome, Retry, RetryPolicy};
 use super::view::{ClusterView, MapWatch};
 use super::{GatewayConfig, GatewayError, GatewayStats, VolumeSpec};
 use crate::frontends::{VolumeBackend, VolumeError, VolumeExtent, ZeroFlags};
-use crate::peer::{PeerError, Peers};
+use crate::peer::{IoHandler, PeerError, Peers};
+use basalt::wire::Frame;
 
 /// The volume client of one node: routes every volume's pieces to PG primaries, under one
 /// set of in-flight bounds. Cheap to clone (shared state behind an `Arc`).
@@ -35,6 +36,9 @@ struct Inner {
     stats: GatewayStats,
     /// Zeroes for `NO_HOLE` zeroing, one piece long, made on first use.
     zeroes: OnceLock<Bytes>,
+    /// This node and its own I/O handler: pieces whose primary is this node skip the network
+    /// (and the handshake, which refuses a connection to oneself).
+    local: Option<(NodeId, Arc<dyn IoHandler>)>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -54,6 +58,17 @@ impl Gateway {
         maps: MapWatch,
         config: GatewayConfig,
     ) -> Result<Self, GatewayError> {
+        Self::with_local(peers, maps, config, None)
+    }
+
+    /// A gateway on a storage node: pieces whose primary is `local.0` go straight to the
+    /// node's own handler `local.1` instead of through a peer connection.
+    pub fn with_local(
+        peers: Arc<Peers>,
+        maps: MapWatch,
+        config: GatewayConfig,
+        local: Option<(NodeId, Arc<dyn IoHandler>)>,
+    ) -> Result<Self, GatewayError> {
         config.validate()?;
         let inner = Inner {
             peers,
@@ -63,6 +78,7 @@ impl Gateway {
             config,
             stats: GatewayStats::default(),
             zeroes: OnceLock::new(),
+            local,
         };
         Ok(Gateway {
             inner: Arc::new(inner),
@@ -321,6 +337,20 @@ impl Inner {
             volume.dirty().insert(route.node);
         }
         let header = job.header(&volume.spec, &route, epoch);
+        if let Some((me, handler)) = &self.local
+            && *me == route.node
+        {
+            let frame = Frame {
+                header,
+                payload: job.payload.clone(),
+            };
+            let reply = handler.handle_io(*me, frame).await;
+            let outcome = Outcome::Reply {
+                status: reply.status,
+                epoch: reply.epoch,
+            };
+            return (outcome, reply.payload);
+        }
         let timeout = self.config.attempt_timeout.min(remaining);
         let call = async {
             let client = self.peers.client(route.node).await?;

@@ -5,6 +5,7 @@
 //! listener (Raft, proposal forwarding, joins, heartbeats) → membership task (bootstrap or
 //! join, register, heartbeat, failure detection on the leader) → view publisher.
 
+mod api;
 pub mod control;
 pub mod drives;
 pub mod exports;
@@ -25,6 +26,7 @@ use basalt::meta::{Command, CommandKind, CommandResult, FailureDetector, MetaSta
 use basalt::wire::{ControlKind, Features, HandshakeConfig};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::api::ProposeFailure;
 use crate::frontends::nbd::{NbdConfig, NbdServer};
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::meta::{MetaNode, MetaNodeConfig, ProposeError};
@@ -39,23 +41,6 @@ use control::{
 
 /// How long a forwarded proposal may take end to end before the caller gets an error.
 pub const PROPOSE_BOUND: Duration = Duration::from_secs(10);
-
-/// Why a proposal made through [`NodeShared::propose`] did not produce a result.
-#[derive(Debug, thiserror::Error)]
-pub enum ProposeFailure {
-    /// No leader could be found or reached within the bound (election, partition).
-    #[error("no metadata leader reachable: {0}")]
-    NoLeader(String),
-    /// The leader cannot reach a quorum of voters.
-    #[error("metadata service has no quorum")]
-    NoQuorum,
-    /// The outcome is unknown (timeout, leadership change).
-    #[error("outcome unknown: {0}")]
-    Unknown(String),
-    /// Refused by the Raft layer for another reason.
-    #[error("{0}")]
-    Failed(String),
-}
 
 /// State shared by the node's tasks and peer handlers.
 pub struct NodeShared {
@@ -154,10 +139,12 @@ impl Node {
             "node started"
         );
 
-        let (nbd, nbd_addr) = start_nbd(&shared).await?;
+        let (nbd, nbd_addr) = start_nbd(&shared, Arc::clone(&replication) as _).await?;
 
         let cancel = CancellationToken::new();
+        let api_task = api::start(&shared, cancel.clone()).await?;
         let tasks = vec![
+            api_task,
             tokio::spawn(membership::run(Arc::clone(&shared), cancel.clone())),
             tokio::spawn(view::publish(
                 Arc::clone(&shared),
@@ -271,11 +258,13 @@ fn build_router(shared: &Arc<NodeShared>) -> Router {
 /// Starts the NBD exports (TCP, and the unix socket if configured) over a gateway.
 async fn start_nbd(
     shared: &Arc<NodeShared>,
+    local: Arc<dyn crate::peer::IoHandler>,
 ) -> anyhow::Result<(NbdServer<exports::ClusterExports>, SocketAddr)> {
-    let gateway = Gateway::new(
+    let gateway = Gateway::with_local(
         Arc::clone(&shared.peers),
         shared.maps(),
         GatewayConfig::default(),
+        Some((shared.node_id, local)),
     )
     .context("gateway")?;
     let exports = Arc::new(exports::ClusterExports::new(gateway, shared.maps()));
@@ -329,9 +318,13 @@ impl NodeShared {
                     }
                     return Ok(result);
                 }
-                ProposeReply::NoQuorum => return Err(ProposeFailure::NoQuorum),
-                ProposeReply::Unknown(e) => return Err(ProposeFailure::Unknown(e)),
-                ProposeReply::Failed(e) => return Err(ProposeFailure::Failed(e)),
+                ProposeReply::NoQuorum => {
+                    return Err(ProposeFailure::NoQuorum(
+                        "the leader cannot reach a majority of voters".into(),
+                    ));
+                }
+                ProposeReply::Unknown(e) => return Err(ProposeFailure::OutcomeUnknown(e)),
+                ProposeReply::Failed(e) => return Err(ProposeFailure::Internal(e)),
                 ProposeReply::NotLeader { leader } => {
                     if let Some((id, detail)) = leader {
                         last = format!("leader {id}: {detail}");
