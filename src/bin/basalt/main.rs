@@ -5,6 +5,8 @@
 //! document), 2 usage, 3 the API was unreachable. `basalt demo` runs the quick-start demo by
 //! delegating to the `blockd` daemon binary.
 
+mod up;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
@@ -59,7 +61,10 @@ enum Cmd {
     /// Volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
-    /// Quick start: format a file-backed drive under ./basalt-demo, run a verified
+    /// Quick start: start a local 3-node cluster on 127.0.0.1-3 with a volume `demo` exported
+    /// over NBD; Ctrl-C stops it.
+    Up(up::UpArgs),
+    /// Single-drive demo: format a file-backed drive under ./basalt-demo, run a verified
     /// write/read workload on it, reopen it and verify again (runs `blockd demo`).
     Demo {
         /// Extra arguments for `blockd demo` (see `blockd demo --help`).
@@ -162,6 +167,15 @@ fn main() -> ExitCode {
     } = cli;
     let output = Output { json };
     let result = match command {
+        Cmd::Up(args) => {
+            return match find_blockd().and_then(|blockd| up::run(&args, &blockd)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("basalt: error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Cmd::Demo { args } => {
             return match run_blockd("demo", &args) {
                 Ok(code) => code,
