@@ -19,7 +19,8 @@
 //! are printed, never asserted: a benchmark reports, a slow machine must not make it fail.
 //!
 //! Run: `cargo bench -p blockd --bench store`. Env: `BASALT_BENCH_DIR` (directory for the two
-//! files, default a temporary directory under /var/tmp), `BASALT_BENCH_SECS` (seconds per case).
+//! files, default a temporary directory under /var/tmp), `BASALT_BENCH_SECS` (seconds per case),
+//! `BASALT_BENCH_CASES` (comma-separated substrings of the case names to run, default all).
 
 use std::collections::VecDeque;
 use std::io::Write as _;
@@ -194,7 +195,7 @@ fn main() -> anyhow::Result<()> {
         .context("building the tokio runtime")?;
     let store = runtime.block_on(format_and_prefill(&store_path, &base))?;
     let mut rows = Vec::new();
-    for case in CASES {
+    for case in selected_cases() {
         println!("running {} ...", case.name);
         let (store_result, journal) =
             runtime.block_on(run_store_case(&store, case, case_duration, &base))?;
@@ -232,6 +233,19 @@ fn case_duration() -> anyhow::Result<Duration> {
         "BASALT_BENCH_SECS={text:?} must be at least 0.1"
     );
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// The cases named by `BASALT_BENCH_CASES` (comma-separated substrings of case names, e.g.
+/// `randread`), or all of them. For quick iterations on one case; reads still see prefilled data.
+fn selected_cases() -> Vec<Case> {
+    let Ok(filter) = std::env::var("BASALT_BENCH_CASES") else {
+        return CASES.to_vec();
+    };
+    let wanted: Vec<&str> = filter.split(',').map(str::trim).collect();
+    CASES
+        .into_iter()
+        .filter(|c| wanted.iter().any(|w| c.name.contains(w)))
+        .collect()
 }
 
 /// A temporary directory under `BASALT_BENCH_DIR`, or under /var/tmp (disk-backed on common
