@@ -8,9 +8,11 @@
 //!   converting unwritten extents on its first writes (a raw drive has no such cost).
 //! - The store is formatted and its first 1 GiB of volume space is written with 1 MiB writes, so
 //!   reads hit real data; fio uses the first 1 GiB of its file the same way.
-//! - Each case runs for `BASALT_BENCH_SECS` (default 10) on the store, with one tokio task per
-//!   unit of queue depth, then on fio with `--iodepth` equal to it. fio writes use
-//!   `--fdatasync=1` because every acknowledged store write is durable.
+//! - Each case runs for `BASALT_BENCH_SECS` (default 10) on the store, with one request loop per
+//!   unit of queue depth, all inside one tokio task (as fio keeps its queue full from one
+//!   thread), then on fio with `--iodepth` equal to it. fio writes use `--fdatasync=1` because
+//!   every acknowledged store write is durable. `BASALT_BENCH_ROUNDS` repeats each case,
+//!   alternating store and fio, and the targets use the median ratio.
 //! - Latency goes into an hdrhistogram; CPU per I/O is the process's user+system time over the
 //!   case (`getrusage`) divided by the I/Os completed.
 //!
