@@ -8,9 +8,11 @@
 //!   converting unwritten extents on its first writes (a raw drive has no such cost).
 //! - The store is formatted and its first 1 GiB of volume space is written with 1 MiB writes, so
 //!   reads hit real data; fio uses the first 1 GiB of its file the same way.
-//! - Each case runs for `BASALT_BENCH_SECS` (default 10) on the store, with one tokio task per
-//!   unit of queue depth, then on fio with `--iodepth` equal to it. fio writes use
-//!   `--fdatasync=1` because every acknowledged store write is durable.
+//! - Each case runs for `BASALT_BENCH_SECS` (default 10) on the store, with one request loop per
+//!   unit of queue depth, all inside one tokio task (as fio keeps its queue full from one
+//!   thread), then on fio with `--iodepth` equal to it. fio writes use `--fdatasync=1` because
+//!   every acknowledged store write is durable. `BASALT_BENCH_ROUNDS` repeats each case,
+//!   alternating store and fio, and the targets use the median ratio.
 //! - Latency goes into an hdrhistogram; CPU per I/O is the process's user+system time over the
 //!   case (`getrusage`) divided by the I/Os completed.
 //!
@@ -19,7 +21,8 @@
 //! are printed, never asserted: a benchmark reports, a slow machine must not make it fail.
 //!
 //! Run: `cargo bench -p blockd --bench store`. Env: `BASALT_BENCH_DIR` (directory for the two
-//! files, default a temporary directory under /var/tmp), `BASALT_BENCH_SECS` (seconds per case).
+//! files, default a temporary directory under /var/tmp), `BASALT_BENCH_SECS` (seconds per case),
+//! `BASALT_BENCH_CASES` (comma-separated substrings of the case names to run, default all).
 
 use std::collections::VecDeque;
 use std::io::Write as _;
@@ -170,6 +173,8 @@ struct JournalDelta {
 #[derive(Debug)]
 struct Row {
     case: Case,
+    /// 1-based; cases run `BASALT_BENCH_ROUNDS` times, alternating store and fio.
+    round: u32,
     store: Measured,
     journal: JournalDelta,
     fio: Option<FioMeasured>,
@@ -194,20 +199,24 @@ fn main() -> anyhow::Result<()> {
         .context("building the tokio runtime")?;
     let store = runtime.block_on(format_and_prefill(&store_path, &base))?;
     let mut rows = Vec::new();
-    for case in CASES {
-        println!("running {} ...", case.name);
-        let (store_result, journal) =
-            runtime.block_on(run_store_case(&store, case, case_duration, &base))?;
-        let fio_result = match fio {
-            Some(_) => run_fio_case(case, &fio_path, case_duration),
-            None => None,
-        };
-        rows.push(Row {
-            case,
-            store: store_result,
-            journal,
-            fio: fio_result,
-        });
+    let rounds = rounds()?;
+    for case in selected_cases() {
+        for round in 1..=rounds {
+            println!("running {} (round {round} of {rounds}) ...", case.name);
+            let (store_result, journal) =
+                runtime.block_on(run_store_case(&store, case, case_duration, &base))?;
+            let fio_result = match fio {
+                Some(_) => run_fio_case(case, &fio_path, case_duration),
+                None => None,
+            };
+            rows.push(Row {
+                case,
+                round,
+                store: store_result,
+                journal,
+                fio: fio_result,
+            });
+        }
     }
     runtime.block_on(verify_close_reopen(store, &store_path, &base))?;
     print_table(&rows, fio.is_some());
@@ -232,6 +241,33 @@ fn case_duration() -> anyhow::Result<Duration> {
         "BASALT_BENCH_SECS={text:?} must be at least 0.1"
     );
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Rounds per case from `BASALT_BENCH_ROUNDS` (default 1). Each round runs the store, then
+/// fio; several short rounds show how much the machine's noise moves the ratios.
+fn rounds() -> anyhow::Result<u32> {
+    let Ok(text) = std::env::var("BASALT_BENCH_ROUNDS") else {
+        return Ok(1);
+    };
+    let rounds: u32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("BASALT_BENCH_ROUNDS={text:?} is not a count"))?;
+    ensure!(rounds >= 1, "BASALT_BENCH_ROUNDS must be at least 1");
+    Ok(rounds)
+}
+
+/// The cases named by `BASALT_BENCH_CASES` (comma-separated substrings of case names, e.g.
+/// `randread`), or all of them. For quick iterations on one case; reads still see prefilled data.
+fn selected_cases() -> Vec<Case> {
+    let Ok(filter) = std::env::var("BASALT_BENCH_CASES") else {
+        return CASES.to_vec();
+    };
+    let wanted: Vec<&str> = filter.split(',').map(str::trim).collect();
+    CASES
+        .into_iter()
+        .filter(|c| wanted.iter().any(|w| c.name.contains(w)))
+        .collect()
 }
 
 /// A temporary directory under `BASALT_BENCH_DIR`, or under /var/tmp (disk-backed on common
@@ -572,13 +608,25 @@ async fn run_store_case(
         next_position: AtomicU64::new(0),
         next_version: AtomicU64::new(2),
     });
-    let tasks: Vec<_> = (0..case.queue_depth)
-        .map(|task| tokio::spawn(store_worker(context.clone(), task as u64)))
-        .collect();
     let mut latency = new_histogram()?;
-    for task in tasks {
-        let task_latency = task.await.context("benchmark task panicked")??;
-        latency.add(&task_latency)?;
+    if std::env::var("BASALT_BENCH_TASKS").is_ok_and(|v| v == "many") {
+        let tasks: Vec<_> = (0..case.queue_depth)
+            .map(|task| tokio::spawn(store_worker(context.clone(), task as u64)))
+            .collect();
+        for task in tasks {
+            let task_latency = task.await.context("benchmark task panicked")??;
+            latency.add(&task_latency)?;
+        }
+    } else {
+        let workers: Vec<_> = (0..case.queue_depth)
+            .map(|task| store_worker(context.clone(), task as u64))
+            .collect();
+        let results = tokio::spawn(join_all(workers))
+            .await
+            .context("benchmark task panicked")?;
+        for task_latency in results {
+            latency.add(&task_latency?)?;
+        }
     }
     let elapsed_secs = started.elapsed().as_secs_f64();
     let cpu_ns = cpu_time_ns(libc::RUSAGE_SELF)? - cpu_before;
@@ -593,6 +641,32 @@ async fn run_store_case(
         cpu_per_io_ns: cpu_ns / ios,
     };
     Ok((measured, journal_delta(&stats_before, &stats_after)))
+}
+
+/// Runs `futures` concurrently inside the calling task (like fio's one thread keeping its queue
+/// full) and returns their outputs in order. Each wake-up polls the unfinished ones; with a few
+/// dozen futures whose pending polls are an atomic load each, that costs less than a task each.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 fn new_histogram() -> anyhow::Result<Histogram<u64>> {
@@ -771,15 +845,16 @@ fn latency(ns: f64) -> String {
 fn print_table(rows: &[Row], fio_ran: bool) {
     println!();
     println!(
-        "{:<18} | {:>35} | {:>35} | {:>6} | {:>8}",
+        "{:<21} | {:>35} | {:>35} | {:>6} | {:>8}",
         "", "store", "fio (io_uring, direct=1)", "IOPS", "fio CPU"
     );
     let side = format!("{:>8} {:>7} {:>8} {:>8}", "IOPS", "MB/s", "p50", "p99");
     println!(
-        "{:<18} | {side} {:>6} | {side} {:>6} | {:>6} | {:>8}",
+        "{:<21} | {side} {:>6} | {side} {:>6} | {:>6} | {:>8}",
         "case", "CPU/IO", "CPU/IO", "s/fio", "process"
     );
-    println!("{}", "-".repeat(18 + 3 + 42 + 3 + 42 + 3 + 6 + 3 + 8));
+    println!("{}", "-".repeat(21 + 3 + 42 + 3 + 42 + 3 + 6 + 3 + 8));
+    let rounds = rows.iter().map(|r| r.round).max().unwrap_or(1);
     for row in rows {
         let fio = row
             .fio
@@ -791,9 +866,13 @@ fn print_table(rows: &[Row], fio_ran: bool) {
         let process = row
             .fio
             .map_or_else(|| "n/a".to_owned(), |f| latency(f.process_cpu_per_io_ns));
+        let name = if rounds > 1 {
+            format!("{} #{}", row.case.name, row.round)
+        } else {
+            row.case.name.to_owned()
+        };
         println!(
-            "{:<18} | {} | {fio} | {ratio:>6} | {process:>8}",
-            row.case.name,
+            "{name:<21} | {} | {fio} | {ratio:>6} | {process:>8}",
             format_side(&row.store)
         );
     }
@@ -839,11 +918,25 @@ fn print_table_notes(rows: &[Row], fio_ran: bool) {
 }
 
 fn print_targets(rows: &[Row]) {
-    let find = |name: &str| rows.iter().find(|r| r.case.name == name);
+    // With several rounds, the median ratio over them (the middle one, or the mean of the two
+    // middle ones).
     let ratio = |name: &str, f: fn(&Measured) -> f64| {
-        find(name)
-            .and_then(|r| r.fio.map(|fio| f(&r.store) / f(&fio.measured)))
-            .map_or_else(|| "n/a (no fio result)".to_owned(), |x| format!("{x:.2}"))
+        let mut ratios: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.case.name == name)
+            .filter_map(|r| r.fio.map(|fio| f(&r.store) / f(&fio.measured)))
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        match n {
+            0 => "n/a (no fio result)".to_owned(),
+            1 => format!("{:.2}", ratios[0]),
+            _ => {
+                let median = (ratios[(n - 1) / 2] + ratios[n / 2]) / 2.0;
+                let all: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
+                format!("{median:.2} (median of {})", all.join(", "))
+            }
+        }
     };
     println!();
     println!(

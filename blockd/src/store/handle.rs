@@ -6,7 +6,6 @@
 //! drive operation the core produced before it submits them together and sleeps, so many
 //! concurrent requests share one `io_uring_enter` and one journal flush.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -22,6 +21,7 @@ use super::engine::sync::SyncEngine;
 use super::engine::uring::UringEngine;
 use super::engine::{DriveEngine, DriveOp, SubmitError};
 use super::format::Superblock;
+use super::idmap::{IdMap, id_map};
 use super::mkfs::{FormatOptions, MkfsError, format_drive};
 use super::recovery::{Expect, OpenError, RecoveryReport, recover};
 use super::types::{ChunkInfo, Extent, Reply, Request, StoreError, StoreStats};
@@ -446,7 +446,7 @@ struct DriveThread {
     engine: Box<dyn DriveEngine>,
     rx: mpsc::Receiver<Message>,
     doorbell: Doorbell,
-    waiting: HashMap<u64, oneshot::Sender<Result<Reply, StoreError>>>,
+    waiting: IdMap<oneshot::Sender<Result<Reply, StoreError>>>,
     next_tag: u64,
     held: Option<DriveOp>,
     closing: bool,
@@ -459,7 +459,7 @@ impl DriveThread {
         rx: mpsc::Receiver<Message>,
         doorbell: Doorbell,
     ) -> Self {
-        let waiting = HashMap::new();
+        let waiting = id_map();
         Self {
             core,
             engine,
@@ -474,7 +474,11 @@ impl DriveThread {
 
     fn run(mut self) {
         loop {
-            let progressed = self.take_requests() | self.take_completions();
+            // Completions first, and their replies out at once: the callers' threads start on
+            // them while this one handles new requests and submits.
+            let completed = self.take_completions();
+            self.deliver_replies();
+            let progressed = self.take_requests() | completed;
             self.submit_ops();
             self.deliver_replies();
             if self.closing && self.core.is_idle() && self.held.is_none() {

@@ -20,6 +20,7 @@ pub mod engine;
 pub mod format;
 pub mod geometry;
 pub mod handle;
+pub mod idmap;
 pub mod mkfs;
 pub mod recovery;
 pub mod types;

@@ -27,9 +27,10 @@ use self::checkpoint::{CHECKPOINT_START_PERCENT_DEFAULT, Checkpointer, CkptOp};
 use self::chunk::ChunkState;
 use self::journal::{Journal, ReqId};
 use super::alloc::Allocator;
-use super::engine::{Completion, DriveOp, OpId, OpKind};
+use super::engine::{Completion, DriveOp, OpKind};
 use super::format::{Anchor, SlotCursor};
 use super::geometry::Geometry;
+use super::idmap::{IdMap, id_map};
 use super::types::{Reply, Request, StoreError, StoreStats};
 
 /// Largest write that goes through the journal with its data, by default.
@@ -113,11 +114,11 @@ pub struct StoreCore {
     alloc: Allocator,
     journal: Journal,
     anchor: Anchor,
-    muts: HashMap<ReqId, write::MutRequest>,
-    reads: HashMap<ReqId, read::ReadRequest>,
+    muts: IdMap<write::MutRequest>,
+    reads: IdMap<read::ReadRequest>,
     unacked: BTreeSet<ReqId>,
     flush_waiters: Vec<(u64, ReqId)>,
-    ops: HashMap<OpId, OpPurpose>,
+    ops: IdMap<OpPurpose>,
     next_id: u64,
     outbox: VecDeque<DriveOp>,
     replies: VecDeque<(u64, Result<Reply, StoreError>)>,
@@ -162,11 +163,11 @@ impl StoreCore {
             alloc: init.allocator,
             journal,
             anchor: init.anchor,
-            muts: HashMap::new(),
-            reads: HashMap::new(),
+            muts: id_map(),
+            reads: id_map(),
             unacked: BTreeSet::new(),
             flush_waiters: Vec::new(),
-            ops: HashMap::new(),
+            ops: id_map(),
             next_id: 1,
             outbox: VecDeque::new(),
             replies: VecDeque::new(),

@@ -55,53 +55,57 @@ impl StoreCore {
         }
         let first = offset / BLOCK_SIZE_BYTES;
         let end = (offset + len).div_ceil(BLOCK_SIZE_BYTES);
-        let mut result = AlignedBuf::zeroed((end - first) as usize * BLOCK);
+        let blocks = (end - first) as usize;
         let start = (offset - first * BLOCK_SIZE_BYTES) as usize;
-        let runs = match self.chunks.get(&chunk) {
-            Some(state) => {
-                let mut runs: Vec<DiskRun> = Vec::new();
-                for block in first..end {
-                    let rel = block - first;
-                    if let Some(overlay) = state.overlay.get(&block) {
-                        let at = rel as usize * BLOCK;
-                        result.as_mut_slice()[at..at + BLOCK].copy_from_slice(overlay.bytes());
-                        continue;
-                    }
-                    let entry = state.blocks[block as usize];
-                    if !entry.is_mapped() {
-                        continue;
-                    }
-                    match runs.last_mut() {
-                        Some(r)
-                            if r.rel_block + r.crcs.len() as u32 == rel
-                                && r.phys + r.crcs.len() as u32 == entry.phys =>
-                        {
-                            r.crcs.push(entry.crc)
-                        }
-                        _ => runs.push(DiskRun {
-                            rel_block: rel,
-                            phys: entry.phys,
-                            crcs: vec![entry.crc],
-                        }),
-                    }
+        // The assembled result, allocated only when some block does not come from a single disk
+        // run: the common read of mapped, consecutive blocks returns the run's own buffer.
+        let mut result: Option<AlignedBuf> = None;
+        let mut runs: Vec<DiskRun> = Vec::new();
+        if let Some(state) = self.chunks.get(&chunk) {
+            for block in first..end {
+                let rel = block - first;
+                if let Some(overlay) = state.overlay.get(&block) {
+                    let at = rel as usize * BLOCK;
+                    let buf = result.get_or_insert_with(|| AlignedBuf::zeroed(blocks * BLOCK));
+                    buf.as_mut_slice()[at..at + BLOCK].copy_from_slice(overlay.bytes());
+                    continue;
                 }
-                runs
+                let entry = state.blocks[block as usize];
+                if !entry.is_mapped() {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some(r)
+                        if r.rel_block + r.crcs.len() as u32 == rel
+                            && r.phys + r.crcs.len() as u32 == entry.phys =>
+                    {
+                        r.crcs.push(entry.crc)
+                    }
+                    _ => runs.push(DiskRun {
+                        rel_block: rel,
+                        phys: entry.phys,
+                        crcs: vec![entry.crc],
+                    }),
+                }
             }
-            None => Vec::new(),
-        };
+        }
         if runs.is_empty() {
+            let result = result.unwrap_or_else(|| AlignedBuf::zeroed(blocks * BLOCK));
             let data = Bytes::from_owner(result).slice(start..start + len as usize);
             return self.reply(tag, Ok(Reply::Data(data)));
         }
         let id = self.next_id();
-        let whole = runs.len() == 1 && runs[0].crcs.len() == (end - first) as usize;
+        let whole = runs.len() == 1 && runs[0].crcs.len() == blocks;
+        if !whole && result.is_none() {
+            result = Some(AlignedBuf::zeroed(blocks * BLOCK));
+        }
         let request = ReadRequest {
             tag,
             chunk,
             first_block: first,
             start,
             len: len as usize,
-            result: if whole { None } else { Some(result) },
+            result,
             outstanding: runs.len() as u32,
             error: None,
         };
