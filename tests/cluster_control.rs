@@ -3,7 +3,8 @@
 //! voters, failure detection of a non-voter, persistence across a restart of every node, bad
 //! input against a live cluster, and schemathesis against a live cluster's OpenAPI document.
 //!
-//! Each test uses its own `net` octet, so the tests run in parallel. Every wait is bounded.
+//! Each test uses its own `net` octet (31..=37 here), so the tests run in parallel. Every wait
+//! is bounded.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -149,7 +150,11 @@ fn three_voters_form_a_cluster_and_serve_the_cli_and_http() {
     let created = create(&cluster, &http, follower, "via-follower", "512M", "key-1").unwrap();
     assert_eq!(created.status, 201, "{}", created.text);
     assert_eq!(created.json["size_bytes"], 512u64 << 20);
-    assert!(created.headers.contains_key("location"), "{:?}", created.headers);
+    assert!(
+        created.headers.contains_key("location"),
+        "{:?}",
+        created.headers
+    );
     let names = cluster.volume_names(&http, follower).unwrap();
     assert_eq!(names, ["demo", "via-follower"]);
     // A retried create with the same key returns the first result; no second volume.
@@ -171,7 +176,11 @@ fn three_voters_form_a_cluster_and_serve_the_cli_and_http() {
         let shown = cluster
             .get(&http, follower, &format!("/v1/volumes/{name}"))
             .unwrap();
-        assert_eq!(shown.status, 200, "{name} not readable right after its create: {}", shown.text);
+        assert_eq!(
+            shown.status, 200,
+            "{name} not readable right after its create: {}",
+            shown.text
+        );
     }
     let status = cli_json(&cluster, 3, &["cluster", "status"]);
     assert_eq!(status["volumes"], 12, "{status}");
@@ -187,8 +196,13 @@ fn killed_leader_of_three_is_replaced_and_catches_up_after_restart() {
     cluster.kill(leader);
     let killed_at = Instant::now();
     let survivors = cluster.running();
-    let (created, failures) =
-        create_until(&cluster, &http, &survivors, "after-failover", FAILOVER_BOUND);
+    let (created, failures) = create_until(
+        &cluster,
+        &http,
+        &survivors,
+        "after-failover",
+        FAILOVER_BOUND,
+    );
     assert!(
         created.is_some(),
         "no create within {FAILOVER_BOUND:?} of killing leader {leader}: {failures:?}\n{}",
@@ -308,7 +322,10 @@ fn killed_non_voter_is_marked_down_and_up_again() {
     );
     eprintln!("non-voter marked down {took:?} after the kill");
     let epoch_down = epoch(&cluster, &http, leader);
-    assert!(epoch_down > epoch_before, "{epoch_down} after {epoch_before}");
+    assert!(
+        epoch_down > epoch_before,
+        "{epoch_down} after {epoch_before}"
+    );
     // The voters still serve writes.
     let created = create(&cluster, &http, 1, "while-down", "64M", "k").unwrap();
     assert_eq!(created.status, 201, "{}", created.text);
@@ -331,7 +348,7 @@ fn killed_non_voter_is_marked_down_and_up_again() {
 }
 
 /// The state a restart must keep: volumes (by name: id, size, replicas, created-at), nodes
-/// (by id: role, addresses, drives), the cluster id and the map epoch.
+/// (by id: role, addresses, drives), PG ownership, the cluster id and the map epoch.
 fn snapshot(cluster: &TestCluster, http: &Http, n: u8) -> (BTreeMap<String, Value>, Value, u64) {
     let volumes = cluster.get(http, n, "/v1/volumes").unwrap().json["volumes"]
         .as_array()
@@ -350,10 +367,18 @@ fn snapshot(cluster: &TestCluster, http: &Http, n: u8) -> (BTreeMap<String, Valu
             })
         })
         .collect::<Vec<_>>();
+    // Which members own each PG (`up`, down members included: unchanged by a down/up cycle).
+    let pgs = cluster.get(http, n, "/v1/pgs").unwrap().json["pgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pg| json!([pg["pool"], pg["id"], pg["up"]]))
+        .collect::<Vec<_>>();
+    assert!(!pgs.is_empty());
     let status = cluster.status(http, n).unwrap();
     (
         volumes,
-        json!({"cluster_id": status["cluster_id"], "nodes": nodes}),
+        json!({"cluster_id": status["cluster_id"], "nodes": nodes, "pgs": pgs}),
         status["epoch"].as_u64().unwrap(),
     )
 }
@@ -404,11 +429,18 @@ fn state_survives_a_restart_of_every_node() {
         let (volumes_after, identity_after, epoch_after) = snapshot(&cluster, &http, n);
         assert_eq!(volumes_after, volumes, "node {n}");
         assert_eq!(identity_after, identity, "node {n}");
-        assert!(epoch_after >= epoch_before, "node {n}: epoch {epoch_after} < {epoch_before}");
+        assert!(
+            epoch_after >= epoch_before,
+            "node {n}: epoch {epoch_after} < {epoch_before}"
+        );
     }
     // The idempotency keys survived too: a replay returns the first result.
     let replay = create(&cluster, &http, 2, "keep-a", "1G", "keep-a").unwrap();
-    assert!(replay.status == 201 || replay.status == 200, "{}", replay.text);
+    assert!(
+        replay.status == 201 || replay.status == 200,
+        "{}",
+        replay.text
+    );
     assert_eq!(replay.json["id"], volumes["keep-a"]["id"]);
     // And the restarted cluster takes new writes.
     let reply = create(&cluster, &http, 3, "after-restart", "64M", "new").unwrap();
@@ -433,6 +465,161 @@ fn assert_problem(reply: &Result<Reply, String>, status: u16, problem_type: &str
     );
 }
 
+/// One node's API, for the bad-input checks.
+struct Target<'a> {
+    cluster: &'a TestCluster,
+    http: &'a Http,
+    n: u8,
+}
+
+impl Target<'_> {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.cluster.api_url(self.n))
+    }
+
+    /// `POST /v1/volumes` with `body` and the admin token.
+    fn create(&self, body: &Value) -> Result<Reply, String> {
+        self.cluster.post(self.http, self.n, "/v1/volumes", body)
+    }
+
+    /// A request with raw parts.
+    fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, String> {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|c| ("content-type", c))
+            .into_iter()
+            .collect();
+        self.http
+            .send(method, &self.url(path), token, &headers, body)
+    }
+}
+
+/// Names, sizes, replica counts, state-machine refusals, unknown fields, idempotency keys.
+fn bad_volume_requests(t: &Target<'_>) {
+    for name in ["Bad", "", "-lead", "a b", "x/y", &"n".repeat(64), "é"] {
+        let reply = t.create(&json!({"name": name, "size": "1G"}));
+        assert_problem(&reply, 400, "invalid-name");
+    }
+    for size in [
+        json!(0),
+        json!(-4096),
+        json!(4097),
+        json!("1.5G"),
+        json!("0G"),
+        json!("2P"),
+        json!(u64::MAX),
+        json!("lots"),
+        json!(null),
+    ] {
+        let reply = t.create(&json!({"name": "v", "size": size}));
+        assert_problem(&reply, 400, "invalid-size");
+    }
+    for replicas in [json!(0), json!(6), json!(-1), json!("3")] {
+        let reply = t.create(&json!({"name": "v", "size": "1G", "replicas": replicas}));
+        assert_problem(&reply, 400, "invalid-replicas");
+    }
+    let reply = t.create(&json!({"name": "v", "size": "1G", "replicas": 4}));
+    assert_problem(&reply, 409, "too-many-replicas");
+    let reply = t.create(&json!({"name": "taken", "size": "1G"}));
+    assert_problem(&reply, 409, "volume-exists");
+    let resize = |name: &str, size: &str| {
+        let path = format!("/v1/volumes/{name}/resize");
+        t.cluster.post(t.http, t.n, &path, &json!({"size": size}))
+    };
+    assert_problem(&resize("taken", "512M"), 409, "shrink-not-allowed");
+    assert_problem(&resize("taken", "0"), 400, "invalid-size");
+    assert_problem(&resize("nope", "2G"), 404, "volume-not-found");
+    let reply = t.create(&json!({"name": "v", "size": "1G", "colour": "red"}));
+    assert_problem(&reply, 400, "bad-request");
+    assert_problem(&t.create(&json!(["v", "1G"])), 400, "bad-request");
+
+    // Idempotency keys: malformed, and reused with another body.
+    let with_key = |key: &str| {
+        t.http.post_json(
+            &t.url("/v1/volumes"),
+            Some(ADMIN_TOKEN),
+            &json!({"name": "keyed", "size": "1G"}),
+            &[("idempotency-key", key)],
+        )
+    };
+    let long = "k".repeat(256);
+    assert_problem(&with_key(&long), 400, "invalid-idempotency-key");
+    assert_problem(&with_key(""), 400, "invalid-idempotency-key");
+    assert_problem(&with_key("taken"), 422, "idempotency-conflict");
+}
+
+/// Missing and unknown tokens, a read-only token on writes.
+fn bad_auth(t: &Target<'_>) {
+    let body = br#"{"name":"v","size":"1G"}"#.to_vec();
+    let json = Some("application/json");
+    let missing = t.raw(Method::POST, "/v1/volumes", None, json, Some(body.clone()));
+    assert_problem(&missing, 401, "unauthorized");
+    let headers = &missing.as_ref().unwrap().headers;
+    assert!(headers.contains_key("www-authenticate"), "{headers:?}");
+    let reply = t.raw(Method::GET, "/v1/volumes", None, None, None);
+    assert_problem(&reply, 401, "unauthorized");
+    let unknown = Some("not-a-known-token-0123456789");
+    let reply = t.raw(Method::GET, "/v1/cluster", unknown, None, None);
+    assert_problem(&reply, 401, "unauthorized");
+    let read_only = Some(READ_ONLY_TOKEN);
+    let reply = t.raw(Method::POST, "/v1/volumes", read_only, json, Some(body));
+    assert_problem(&reply, 403, "forbidden");
+    let reply = t.raw(Method::DELETE, "/v1/volumes/taken", read_only, None, None);
+    assert_problem(&reply, 403, "forbidden");
+    let reply = t.raw(Method::POST, "/v1/nodes/1/out", read_only, None, None);
+    assert_problem(&reply, 403, "forbidden");
+    let read = t
+        .raw(Method::GET, "/v1/volumes", read_only, None, None)
+        .unwrap();
+    assert_eq!(read.status, 200, "{}", read.text);
+}
+
+/// Content types, oversized and malformed bodies.
+fn bad_bodies(t: &Target<'_>) {
+    let admin = Some(ADMIN_TOKEN);
+    let post = |content_type: Option<&str>, body: &[u8]| {
+        t.raw(
+            Method::POST,
+            "/v1/volumes",
+            admin,
+            content_type,
+            Some(body.to_vec()),
+        )
+    };
+    let good = br#"{"name":"v","size":"1G"}"#;
+    let media = "unsupported-media-type";
+    assert_problem(&post(Some("text/plain"), good), 415, media);
+    let form = Some("application/x-www-form-urlencoded");
+    assert_problem(&post(form, b"name=v&size=1G"), 415, media);
+    assert_problem(&post(None, good), 415, media);
+    let mut huge = br#"{"name":"v","size":"1G","pad":""#.to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 100 * 1024));
+    huge.extend(br#""}"#);
+    let json = Some("application/json");
+    assert_problem(&post(json, &huge), 413, "payload-too-large");
+    assert_problem(&post(json, b"{not json"), 400, "bad-request");
+    assert_problem(&post(json, b""), 400, "bad-request");
+}
+
+/// Unknown routes and resources, malformed path parameters, wrong methods.
+fn bad_routes(t: &Target<'_>) {
+    let admin = Some(ADMIN_TOKEN);
+    let get = |path: &str| t.raw(Method::GET, path, admin, None, None);
+    assert_problem(&get("/v1/nope"), 404, "not-found");
+    assert_problem(&get("/v1/volumes/nope"), 404, "volume-not-found");
+    assert_problem(&get("/v1/nodes/99"), 404, "node-not-found");
+    assert_problem(&get("/v1/nodes/abc"), 400, "bad-request");
+    let put = t.raw(Method::PUT, "/v1/volumes", admin, None, None);
+    assert_problem(&put, 405, "method-not-allowed");
+    assert!(put.unwrap().headers.contains_key("allow"));
+}
+
 #[test]
 fn bad_input_is_refused_with_the_right_problem_and_the_cluster_keeps_serving() {
     let (cluster, http, leader) = start_formed(&ClusterSpec::new(36, 3));
@@ -443,177 +630,30 @@ fn bad_input_is_refused_with_the_right_problem_and_the_cluster_keeps_serving() {
     // The leader validates locally; a follower validates before forwarding, and refusals of
     // the state machine come back through the forwarding.
     for n in [leader, follower] {
-        let url = |path: &str| format!("{}{path}", cluster.api_url(n));
-        let post = |body: Value| cluster.post(&http, n, "/v1/volumes", &body);
-        for name in ["Bad", "", "-lead", "a b", "x/y", &"n".repeat(64), "é"] {
-            assert_problem(&post(json!({"name": name, "size": "1G"})), 400, "invalid-name");
-        }
-        for size in [
-            json!(0),
-            json!(-4096),
-            json!(4097),
-            json!("1.5G"),
-            json!("0G"),
-            json!("2P"),
-            json!(u64::MAX),
-            json!("lots"),
-            json!(null),
-        ] {
-            assert_problem(&post(json!({"name": "v", "size": size})), 400, "invalid-size");
-        }
-        for replicas in [json!(0), json!(6), json!(-1), json!("3")] {
-            assert_problem(
-                &post(json!({"name": "v", "size": "1G", "replicas": replicas})),
-                400,
-                "invalid-replicas",
-            );
-        }
-        assert_problem(
-            &post(json!({"name": "v", "size": "1G", "replicas": 4})),
-            409,
-            "too-many-replicas",
-        );
-        assert_problem(&post(json!({"name": "taken", "size": "1G"})), 409, "volume-exists");
-        assert_problem(
-            &cluster.post(&http, n, "/v1/volumes/taken/resize", &json!({"size": "512M"})),
-            409,
-            "shrink-not-allowed",
-        );
-        assert_problem(
-            &cluster.post(&http, n, "/v1/volumes/nope/resize", &json!({"size": "2G"})),
-            404,
-            "volume-not-found",
-        );
-        assert_problem(
-            &post(json!({"name": "v", "size": "1G", "colour": "red"})),
-            400,
-            "bad-request",
-        );
-        assert_problem(&post(json!(["v", "1G"])), 400, "bad-request");
-
-        // Idempotency keys: malformed, and reused with another body.
-        let with_key = |key: &str, size: &str| {
-            http.post_json(
-                &url("/v1/volumes"),
-                Some(ADMIN_TOKEN),
-                &json!({"name": "keyed", "size": size}),
-                &[("idempotency-key", key)],
-            )
+        let target = Target {
+            cluster: &cluster,
+            http: &http,
+            n,
         };
-        assert_problem(
-            &with_key(&"k".repeat(256), "1G"),
-            400,
-            "invalid-idempotency-key",
-        );
-        assert_problem(&with_key("", "1G"), 400, "invalid-idempotency-key");
-        assert_problem(
-            &with_key("taken", "2G"),
-            422,
-            "idempotency-conflict",
-        );
-
-        // Auth.
-        let body = json!({"name": "v", "size": "1G"});
-        let missing = http.post_json(&url("/v1/volumes"), None, &body, &[]);
-        assert_problem(&missing, 401, "unauthorized");
-        assert!(missing.as_ref().unwrap().headers.contains_key("www-authenticate"));
-        assert_problem(&http.get(&url("/v1/volumes"), None), 401, "unauthorized");
-        assert_problem(
-            &http.get(&url("/v1/volumes"), Some("not-a-known-token-0123456789")),
-            401,
-            "unauthorized",
-        );
-        assert_problem(
-            &http.post_json(&url("/v1/volumes"), Some(READ_ONLY_TOKEN), &body, &[]),
-            403,
-            "forbidden",
-        );
-        assert_problem(
-            &http.send(
-                Method::DELETE,
-                &url("/v1/volumes/taken"),
-                Some(READ_ONLY_TOKEN),
-                &[],
-                None,
-            ),
-            403,
-            "forbidden",
-        );
-        let read = http.get(&url("/v1/volumes"), Some(READ_ONLY_TOKEN)).unwrap();
-        assert_eq!(read.status, 200, "{}", read.text);
-
-        // Bodies: content type and size.
-        let raw = |content_type: Option<&str>, body: Vec<u8>| {
-            let headers: Vec<(&str, &str)> =
-                content_type.map(|c| ("content-type", c)).into_iter().collect();
-            http.send(
-                Method::POST,
-                &url("/v1/volumes"),
-                Some(ADMIN_TOKEN),
-                &headers,
-                Some(body),
-            )
-        };
-        let good = br#"{"name":"v","size":"1G"}"#.to_vec();
-        assert_problem(
-            &raw(Some("text/plain"), good.clone()),
-            415,
-            "unsupported-media-type",
-        );
-        assert_problem(
-            &raw(Some("application/x-www-form-urlencoded"), b"name=v".to_vec()),
-            415,
-            "unsupported-media-type",
-        );
-        assert_problem(&raw(None, good), 415, "unsupported-media-type");
-        let mut huge = br#"{"name":"v","size":"1G","pad":""#.to_vec();
-        huge.extend(std::iter::repeat_n(b'x', 100 * 1024));
-        huge.extend(br#""}"#);
-        assert_problem(
-            &raw(Some("application/json"), huge),
-            413,
-            "payload-too-large",
-        );
-        assert_problem(
-            &raw(Some("application/json"), b"{not json".to_vec()),
-            400,
-            "bad-request",
-        );
-
-        // Routing.
-        assert_problem(&http.get(&url("/v1/nope"), Some(ADMIN_TOKEN)), 404, "not-found");
-        assert_problem(
-            &http.get(&url("/v1/volumes/nope"), Some(ADMIN_TOKEN)),
-            404,
-            "volume-not-found",
-        );
-        assert_problem(
-            &http.get(&url("/v1/nodes/99"), Some(ADMIN_TOKEN)),
-            404,
-            "node-not-found",
-        );
-        assert_problem(
-            &http.get(&url("/v1/nodes/abc"), Some(ADMIN_TOKEN)),
-            400,
-            "bad-request",
-        );
-        assert_problem(
-            &http.send(Method::PUT, &url("/v1/volumes"), Some(ADMIN_TOKEN), &[], None),
-            405,
-            "method-not-allowed",
-        );
+        bad_volume_requests(&target);
+        bad_auth(&target);
+        bad_bodies(&target);
+        bad_routes(&target);
     }
 
     // The CLI maps refusals and usage errors to its exit codes.
-    let (code, _, stderr) = cli(&cluster, follower, &["volume", "create", "taken", "--size", "1G"]);
+    let create_args = ["volume", "create", "taken", "--size", "1G"];
+    let (code, _, stderr) = cli(&cluster, follower, &create_args);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("volume-exists"), "{stderr}");
-    let (code, _, stderr) = cli(&cluster, follower, &["volume", "create", "v", "--size", "1.5G"]);
+    let create_args = ["volume", "create", "v", "--size", "1.5G"];
+    let (code, _, stderr) = cli(&cluster, follower, &create_args);
     assert_eq!(code, 2, "{stderr}");
 
     // Nothing was created by the refused calls, and every node still serves reads and writes.
     for n in 1..=3 {
-        assert_eq!(cluster.volume_names(&http, n).unwrap(), ["taken"], "node {n}");
+        let names = cluster.volume_names(&http, n).unwrap();
+        assert_eq!(names, ["taken"], "node {n}");
     }
     for n in 1..=3 {
         let name = format!("fine-{n}");
@@ -623,6 +663,7 @@ fn bad_input_is_refused_with_the_right_problem_and_the_cluster_keeps_serving() {
     let status = cluster.status(&http, follower).unwrap();
     assert_eq!(status["health"], "ok", "{status}");
     assert_eq!(status["nodes"]["up"], 3, "{status}");
+    assert_eq!(status["volumes"], 4, "{status}");
 }
 
 /// Schemathesis against the live cluster's served OpenAPI document (node 1), bounded to 50

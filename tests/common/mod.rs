@@ -36,8 +36,10 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "blockd", "--bin", "blockd", "-p", "basalt"])
-            .args(["--bin", "basalt"]);
+        cmd.args([
+            "build", "--quiet", "-p", "blockd", "--bin", "blockd", "-p", "basalt",
+        ])
+        .args(["--bin", "basalt"]);
         // Cargo gives the test the variables it gives a crate's build (CARGO_MANIFEST_DIR,
         // CARGO_PKG_NAME, ...). Build scripts that watch them (ring's) would see them change
         // and rebuild in this build and again in the next `cargo test`.
