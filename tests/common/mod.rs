@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -36,8 +36,30 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "blockd", "--bin", "blockd", "-p", "basalt"])
-            .args(["--bin", "basalt"]);
+        cmd.args([
+            "build", "--quiet", "-p", "blockd", "--bin", "blockd", "-p", "basalt",
+        ])
+        .args(["--bin", "basalt"]);
+        // Cargo gives the test the variables it gives a crate's build (CARGO_MANIFEST_DIR,
+        // CARGO_PKG_NAME, ...). Build scripts that watch them (ring's) would see them change
+        // and rebuild in this build and again in the next `cargo test`.
+        for (key, _) in std::env::vars_os() {
+            let Some(key) = key.to_str() else { continue };
+            let crate_var = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_"]
+                .iter()
+                .any(|prefix| key.starts_with(prefix))
+                || matches!(
+                    key,
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                        | "OUT_DIR"
+                );
+            if crate_var {
+                cmd.env_remove(key);
+            }
+        }
         if profile_dir.ends_with("release") {
             cmd.arg("--release");
         }
@@ -211,24 +233,27 @@ impl TestCluster {
         }
     }
 
-    /// Stops node `n` cleanly (SIGTERM, bounded wait, then SIGKILL).
-    pub fn stop(&mut self, n: u8) {
+    /// Stops node `n` cleanly (SIGTERM, bounded wait, then SIGKILL). Returns the exit status
+    /// if the node exited by itself (None if it was not running or had to be killed).
+    pub fn stop(&mut self, n: u8) -> Option<ExitStatus> {
         let node = &mut self.nodes[usize::from(n) - 1];
-        if let Some(mut child) = node.child.take() {
-            let pid = child.id();
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        let mut child = node.child.take()?;
+        let pid = child.id();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
             }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -287,5 +312,222 @@ pub fn wait_for<T>(bound: Duration, mut check: impl FnMut() -> Option<T>) -> Opt
             return None;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A reply from a node's HTTP API: status, headers and the body (as JSON when it parses).
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body parsed as JSON (`Value::Null` when it is not JSON).
+    pub json: serde_json::Value,
+    /// The raw body.
+    pub text: String,
+}
+
+impl Reply {
+    /// The problem document's `type` (empty when the body is not a problem).
+    pub fn problem_type(&self) -> &str {
+        self.json["type"].as_str().unwrap_or("")
+    }
+}
+
+/// A blocking HTTP client (reqwest on its own single-threaded runtime) for synchronous tests.
+/// Connections are not pooled, so a request never reuses a connection to a killed node.
+pub struct Http {
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Http {
+    /// A client whose calls time out after 15 s.
+    pub fn new() -> Http {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let client = runtime.block_on(async {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .connect_timeout(Duration::from_secs(2))
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("HTTP client")
+        });
+        Http { runtime, client }
+    }
+
+    /// Sends a request; `Err` when the node could not be reached or the call timed out.
+    pub fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, String> {
+        let mut request = self.client.request(method, url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        self.runtime.block_on(async move {
+            let response = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let text = response.text().await.map_err(|e| format!("{url}: {e}"))?;
+            let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+            Ok(Reply {
+                status,
+                headers,
+                json,
+                text,
+            })
+        })
+    }
+
+    /// `GET url` with `token`.
+    pub fn get(&self, url: &str, token: Option<&str>) -> Result<Reply, String> {
+        self.send(reqwest::Method::GET, url, token, &[], None)
+    }
+
+    /// `POST url` with a JSON body, `token` and extra headers.
+    pub fn post_json(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.send(
+            reqwest::Method::POST,
+            url,
+            token,
+            &all,
+            Some(body.to_string().into_bytes()),
+        )
+    }
+}
+
+impl TestCluster {
+    /// Number of nodes (voters and followers).
+    pub fn len(&self) -> u8 {
+        u8::try_from(self.nodes.len()).expect("at most 254 nodes")
+    }
+
+    /// Whether the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node numbers of the running nodes.
+    pub fn running(&self) -> Vec<u8> {
+        self.nodes
+            .iter()
+            .filter(|node| node.is_running())
+            .map(|node| node.n)
+            .collect()
+    }
+
+    /// `GET path` on node `n` with the admin token.
+    pub fn get(&self, http: &Http, n: u8, path: &str) -> Result<Reply, String> {
+        http.get(&format!("{}{path}", self.api_url(n)), Some(ADMIN_TOKEN))
+    }
+
+    /// `POST path` with a JSON body on node `n` with the admin token.
+    pub fn post(
+        &self,
+        http: &Http,
+        n: u8,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<Reply, String> {
+        http.post_json(
+            &format!("{}{path}", self.api_url(n)),
+            Some(ADMIN_TOKEN),
+            body,
+            &[],
+        )
+    }
+
+    /// Node `n`'s `GET /v1/cluster` body, if it answers 200.
+    pub fn status(&self, http: &Http, n: u8) -> Option<serde_json::Value> {
+        let reply = self.get(http, n, "/v1/cluster").ok()?;
+        (reply.status == 200).then_some(reply.json)
+    }
+
+    /// Node `n`'s view of node `id`'s state (`up`, `down`, `out`), if it answers.
+    pub fn node_state(&self, http: &Http, n: u8, id: u8) -> Option<String> {
+        let reply = self.get(http, n, &format!("/v1/nodes/{id}")).ok()?;
+        (reply.status == 200)
+            .then(|| reply.json["state"].as_str().map(str::to_owned))
+            .flatten()
+    }
+
+    /// Names of the volumes node `n` lists.
+    pub fn volume_names(&self, http: &Http, n: u8) -> Option<Vec<String>> {
+        let reply = self.get(http, n, "/v1/volumes").ok()?;
+        if reply.status != 200 {
+            return None;
+        }
+        reply.json["volumes"].as_array().map(|volumes| {
+            volumes
+                .iter()
+                .filter_map(|v| v["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+    }
+
+    /// The Raft leader's node number: a running node whose own Raft role is `leader` and
+    /// whom every other running node names as leader.
+    pub fn leader(&self, http: &Http) -> Option<u8> {
+        let running = self.running();
+        let statuses: Vec<(u8, serde_json::Value)> = running
+            .iter()
+            .filter_map(|&n| self.status(http, n).map(|s| (n, s)))
+            .collect();
+        if statuses.len() != running.len() {
+            return None;
+        }
+        let (leader, _) = statuses
+            .iter()
+            .find(|(_, s)| s["raft"]["role"] == "leader")?;
+        let agreed = statuses
+            .iter()
+            .all(|(_, s)| s["leader"].as_u64() == Some(u64::from(*leader)));
+        agreed.then_some(*leader)
+    }
+
+    /// Waits until every running node answers, agrees on one leader, the cluster is
+    /// initialised and `up` nodes are up with none down; returns the leader.
+    pub fn wait_formed(&self, http: &Http, up: u32, bound: Duration) -> Option<u8> {
+        wait_for(bound, || {
+            let leader = self.leader(http)?;
+            let ok = self.running().iter().all(|&n| {
+                self.status(http, n).is_some_and(|s| {
+                    s["cluster_id"].is_string()
+                        && s["nodes"]["up"].as_u64() == Some(u64::from(up))
+                        && s["nodes"]["down"].as_u64() == Some(0)
+                })
+            });
+            ok.then_some(leader)
+        })
     }
 }

@@ -363,9 +363,12 @@ impl NodeShared {
     /// Proposes on this node's Raft instance and classifies the outcome for a forwarder.
     pub(crate) async fn propose_local(&self, command: &Command) -> ProposeReply {
         match self.meta.propose(command).await {
+            // The index comes from the state machine's own published state, which is updated
+            // before the proposal's answer is sent; Raft's metrics (`status()`) may still show
+            // an older index, and a forwarder waiting for that would not see its own write.
             Ok(result) => ProposeReply::Applied {
                 result,
-                applied_index: self.meta.status().applied_index,
+                applied_index: self.meta.subscribe().borrow().index,
             },
             Err(ProposeError::ForwardToLeader {
                 leader_id,
