@@ -26,6 +26,26 @@ fn basalt_binary() -> PathBuf {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut build = std::process::Command::new(cargo);
             build.args(["build", "--quiet", "-p", "basalt", "--bin", "basalt"]);
+            // Cargo gives the test the variables it gives a crate's build (CARGO_MANIFEST_DIR,
+            // CARGO_PKG_NAME, ...); build scripts that watch them (ring's) would otherwise see
+            // them change and rebuild here and again in the next `cargo test`.
+            for (key, _) in std::env::vars_os() {
+                let Some(key) = key.to_str() else { continue };
+                let crate_var = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_"]
+                    .iter()
+                    .any(|prefix| key.starts_with(prefix))
+                    || matches!(
+                        key,
+                        "CARGO_CRATE_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                            | "CARGO_RUSTC_CURRENT_DIR"
+                            | "OUT_DIR"
+                    );
+                if crate_var {
+                    build.env_remove(key);
+                }
+            }
             if profile_dir
                 .file_name()
                 .is_some_and(|name| name == "release")
