@@ -36,8 +36,10 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "blockd", "--bin", "blockd", "-p", "basalt"])
-            .args(["--bin", "basalt"]);
+        cmd.args([
+            "build", "--quiet", "-p", "blockd", "--bin", "blockd", "-p", "basalt",
+        ])
+        .args(["--bin", "basalt"]);
         if profile_dir.ends_with("release") {
             cmd.arg("--release");
         }
@@ -216,7 +218,10 @@ impl TestCluster {
         let node = &mut self.nodes[usize::from(n) - 1];
         if let Some(mut child) = node.child.take() {
             let pid = child.id();
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Ok(Some(_)) = child.try_wait() {

@@ -357,12 +357,25 @@ impl Inner {
                 header,
                 payload: job.payload.clone(),
             };
-            let reply = handler.handle_io(*me, frame).await;
-            let outcome = Outcome::Reply {
-                status: reply.status,
-                epoch: reply.epoch,
+            // Bounded like a call over the network: the request's deadline holds either way.
+            let timeout = self.config.attempt_timeout.min(remaining);
+            return match tokio::time::timeout(timeout, handler.handle_io(*me, frame)).await {
+                Ok(reply) => {
+                    let outcome = Outcome::Reply {
+                        status: reply.status,
+                        epoch: reply.epoch,
+                    };
+                    (outcome, reply.payload)
+                }
+                Err(_) => {
+                    let error = PeerError::Timeout { peer: *me, timeout };
+                    let outcome = Outcome::Transport {
+                        retryable: true,
+                        detail: format!("{} ({}): {error}", route.node, route.pg),
+                    };
+                    (outcome, Bytes::new())
+                }
             };
-            return (outcome, reply.payload);
         }
         let timeout = self.config.attempt_timeout.min(remaining);
         let call = async {
