@@ -14,11 +14,16 @@ use basalt::placement::{
     PoolSpec,
 };
 use basalt::wire::Status;
-use basalt::wire::{Bytes, ClusterSecret, Features, HandshakeConfig, Header, Opcode, RequestId};
-use blockd::frontends::VolumeBackend;
+use basalt::wire::{
+    Bytes, ClusterSecret, ControlKind, Features, HandshakeConfig, Header, Opcode, RequestId,
+};
+use blockd::frontends::{VolumeBackend, VolumeExtent};
 use blockd::gateway::{Gateway, GatewayConfig, VolumeSpec};
 use blockd::peer::{PeerConfig, PeerServer, Peers, Router};
-use blockd::replication::{FailureReport, Limits, ReplicationConfig, ReplicationService};
+use blockd::replication::{
+    AllocationRun, BLOCK_STATUS_VERSION, BlockStatusReply, BlockStatusRequest, FailureReport,
+    Limits, ReplicationConfig, ReplicationService,
+};
 use blockd::store::geometry::GeometryOptions;
 use blockd::store::handle::format;
 use blockd::store::{FormatOptions, OpenOptions, Store};
@@ -160,7 +165,9 @@ async fn run_node(
     let service = ReplicationService::start(replication_config(id), stores, peers, maps, reports)
         .await
         .expect("start replication");
-    let router = Router::new().with_io(service.clone());
+    let router = Router::new()
+        .with_io(service.clone())
+        .with_control(ControlKind::BLOCK_STATUS, service.clone());
     let addr = SocketAddr::from(([127, 0, 0, 1], 0));
     let server = PeerServer::bind(addr, peer_config(id), Arc::new(router))
         .await
@@ -817,5 +824,121 @@ async fn gateway_volume_survives_a_node_failure() {
     assert!(
         stored[0].0 == second.slice(1024..5120),
         "survivors hold the degraded write"
+    );
+}
+
+/// Goal: BLOCK_STATUS reports the primary store's thin allocation through the gateway: holes on
+/// a fresh volume, data where written, merged across chunks and primaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_status_shows_holes_and_data() {
+    let cluster = Cluster::start().await;
+    let (_gateway_maps, maps) =
+        map_channel(view_of(&cluster.placement(), cluster.chunk_size_bytes));
+    let peers = Arc::new(Peers::new(peer_config(NodeId(102))).expect("gateway pool"));
+    let gateway = Gateway::new(peers, maps, GatewayConfig::default()).expect("gateway");
+    let volume = gateway
+        .volume(VolumeSpec {
+            id: VOLUME,
+            pool: POOL,
+            size_bytes: 1 << 30,
+            read_only: false,
+        })
+        .expect("volume");
+    let chunk = u64::from(cluster.chunk_size_bytes);
+    let hole = |len| VolumeExtent {
+        len,
+        hole: true,
+        zero: true,
+    };
+    let data = |len| VolumeExtent {
+        len,
+        hole: false,
+        zero: false,
+    };
+    let fresh = volume
+        .block_status(0, 4 * chunk)
+        .await
+        .expect("block status");
+    assert_eq!(fresh, vec![hole(4 * chunk)], "a fresh volume is one hole");
+
+    // 8 KiB from 4 KiB before the end of chunk 1 (two primaries), and 512 bytes in chunk 3.
+    let first = chunk * 2 - 4096;
+    volume
+        .write(first, pattern(3, 8192), false)
+        .await
+        .expect("write across chunks");
+    volume
+        .write(3 * chunk + 1024, pattern(4, 512), false)
+        .await
+        .expect("unaligned write");
+    let map = volume
+        .block_status(0, 4 * chunk)
+        .await
+        .expect("block status");
+    assert_eq!(
+        map,
+        vec![
+            hole(first),
+            data(8192),
+            hole(chunk - 4096),
+            data(4096), // the store allocates whole 4 KiB blocks
+            hole(chunk - 4096),
+        ]
+    );
+    // An unaligned query inside a data block.
+    let inner = volume
+        .block_status(first + 512, 1024)
+        .await
+        .expect("block status");
+    assert_eq!(inner, vec![data(1024)]);
+}
+
+/// Goal: only the chunk's primary at the current epoch answers BLOCK_STATUS: a replica refuses
+/// with NOT_PRIMARY, a query from an older map gets STALE_EPOCH with the current epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_status_is_answered_by_the_primary_only() {
+    let cluster = Cluster::start().await;
+    let index = 1;
+    let epoch = cluster.epoch();
+    let size = cluster.chunk_size_bytes;
+    let status = cluster
+        .write_at(epoch, index, size - 4096, pattern(5, 4096))
+        .await;
+    assert_eq!(status, Status::Ok);
+    let acting = cluster.locate(index).1;
+    let nodes = &cluster.gateway;
+    let ask = |to: NodeId, epoch: Epoch| {
+        let request = BlockStatusRequest {
+            volume: VOLUME,
+            chunk_index: index,
+            offset: 0,
+            len: cluster.chunk_size_bytes,
+            epoch,
+        };
+        let body = Bytes::from(postcard::to_stdvec(&request).expect("encode"));
+        async move {
+            let reply = nodes
+                .call_control(to, ControlKind::BLOCK_STATUS, BLOCK_STATUS_VERSION, body)
+                .await
+                .expect("control reply");
+            postcard::from_bytes::<BlockStatusReply>(&reply).expect("decode reply")
+        }
+    };
+    let run = |len, allocated| AllocationRun { len, allocated };
+    assert_eq!(
+        ask(acting[0], epoch).await,
+        BlockStatusReply::Runs(vec![run(size - 4096, false), run(4096, true)])
+    );
+    assert_eq!(
+        ask(acting[1], epoch).await,
+        BlockStatusReply::refused(Status::NotPrimary, epoch)
+    );
+    cluster.mark_down(2);
+    cluster.publish(&[0, 1, 2]);
+    let newer = cluster.epoch();
+    let (_, acting) = cluster.locate(index);
+    assert_eq!(
+        ask(acting[0], epoch).await,
+        BlockStatusReply::refused(Status::StaleEpoch, newer)
     );
 }

@@ -50,6 +50,9 @@ impl ControlKind {
     pub const META_JOIN: ControlKind = ControlKind(6);
     /// Liveness beacons from every node to the metadata leader (failure detection).
     pub const HEARTBEAT: ControlKind = ControlKind(7);
+    /// Thin-allocation query of a chunk range, answered by the PG primary from its store
+    /// (NBD `base:allocation` through the gateway).
+    pub const BLOCK_STATUS: ControlKind = ControlKind(8);
 }
 
 impl fmt::Display for ControlKind {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use basalt::ids::{ChunkKey, Epoch, NodeId, PgId};
 use basalt::units::SECTOR_SIZE_BYTES;
-use basalt::wire::{Bytes, BytesMut, Flags, Header, Opcode, RequestId};
+use basalt::wire::{Bytes, BytesMut, ControlKind, Flags, Header, Opcode, RequestId, Status};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -17,8 +17,16 @@ use super::retry::{Next, Outcome, Retry, RetryPolicy};
 use super::view::{ClusterView, MapWatch};
 use super::{GatewayConfig, GatewayError, GatewayStats, VolumeSpec};
 use crate::frontends::{VolumeBackend, VolumeError, VolumeExtent, ZeroFlags};
-use crate::peer::{IoHandler, PeerError, Peers};
+use crate::peer::{PeerError, PeerService, Peers, Router};
+use crate::replication::{BLOCK_STATUS_VERSION, BlockStatusReply, BlockStatusRequest, check_runs};
 use basalt::wire::Frame;
+
+/// Chunks one `block_status` call describes at most; the client asks again for the rest.
+pub const BLOCK_STATUS_CHUNKS_MAX: u64 = 64;
+
+/// The job opcode of a block-status query: the one CONTROL message the gateway sends
+/// ([`ControlKind::BLOCK_STATUS`]), routed and retried like a READ of the same range.
+const BLOCK_STATUS_OP: Opcode = Opcode::Control;
 
 /// The volume client of one node: routes every volume's pieces to PG primaries, under one
 /// set of in-flight bounds. Cheap to clone (shared state behind an `Arc`).
@@ -36,9 +44,10 @@ struct Inner {
     stats: GatewayStats,
     /// Zeroes for `NO_HOLE` zeroing, one piece long, made on first use.
     zeroes: OnceLock<Bytes>,
-    /// This node and its own I/O handler: pieces whose primary is this node skip the network
-    /// (and the handshake, which refuses a connection to oneself).
-    local: Option<(NodeId, Arc<dyn IoHandler>)>,
+    /// This node and its own peer service: pieces whose primary is this node skip the network
+    /// (and the handshake, which refuses a connection to oneself) and are handled as a
+    /// connection would hand them over.
+    local: Option<(NodeId, Arc<Router>)>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -62,12 +71,13 @@ impl Gateway {
     }
 
     /// A gateway on a storage node: pieces whose primary is `local.0` go straight to the
-    /// node's own handler `local.1` instead of through a peer connection.
+    /// node's own peer service `local.1` (I/O and BLOCK_STATUS) instead of through a peer
+    /// connection.
     pub fn with_local(
         peers: Arc<Peers>,
         maps: MapWatch,
         config: GatewayConfig,
-        local: Option<(NodeId, Arc<dyn IoHandler>)>,
+        local: Option<(NodeId, Arc<Router>)>,
     ) -> Result<Self, GatewayError> {
         config.validate()?;
         let inner = Inner {
@@ -337,6 +347,9 @@ impl Inner {
             volume.dirty().insert(route.node);
         }
         let header = job.header(&volume.spec, &route, epoch);
+        if job.opcode == BLOCK_STATUS_OP {
+            return self.query_block_status(&header, route, remaining).await;
+        }
         if let Some((me, handler)) = &self.local
             && *me == route.node
         {
@@ -344,12 +357,25 @@ impl Inner {
                 header,
                 payload: job.payload.clone(),
             };
-            let reply = handler.handle_io(*me, frame).await;
-            let outcome = Outcome::Reply {
-                status: reply.status,
-                epoch: reply.epoch,
+            // Bounded like a call over the network: the request's deadline holds either way.
+            let timeout = self.config.attempt_timeout.min(remaining);
+            return match tokio::time::timeout(timeout, handler.handle_io(*me, frame)).await {
+                Ok(reply) => {
+                    let outcome = Outcome::Reply {
+                        status: reply.status,
+                        epoch: reply.epoch,
+                    };
+                    (outcome, reply.payload)
+                }
+                Err(_) => {
+                    let error = PeerError::Timeout { peer: *me, timeout };
+                    let outcome = Outcome::Transport {
+                        retryable: true,
+                        detail: format!("{} ({}): {error}", route.node, route.pg),
+                    };
+                    (outcome, Bytes::new())
+                }
             };
-            return (outcome, reply.payload);
         }
         let timeout = self.config.attempt_timeout.min(remaining);
         let call = async {
@@ -383,7 +409,116 @@ impl Inner {
         }
     }
 
+    /// One BLOCK_STATUS query for the piece `header` describes. The reply body (encoded
+    /// [`BlockStatusReply::Runs`]) is the payload; a refusal becomes its status and epoch.
+    async fn query_block_status(
+        &self,
+        header: &Header,
+        route: Route,
+        remaining: std::time::Duration,
+    ) -> (Outcome, Bytes) {
+        let request = BlockStatusRequest {
+            volume: header.chunk.volume,
+            chunk_index: header.chunk.index,
+            offset: header.offset_bytes,
+            len: header.length_bytes,
+            epoch: header.epoch,
+        };
+        let body = match postcard::to_stdvec(&request) {
+            Ok(body) => Bytes::from(body),
+            Err(e) => {
+                let detail = format!("block status request does not encode: {e}");
+                return (
+                    Outcome::Transport {
+                        retryable: false,
+                        detail,
+                    },
+                    Bytes::new(),
+                );
+            }
+        };
+        let result = self.call_block_status(route, body, remaining).await;
+        match result {
+            Ok(reply) => match postcard::from_bytes::<BlockStatusReply>(&reply) {
+                Ok(BlockStatusReply::Runs(_)) => {
+                    let outcome = Outcome::Reply {
+                        status: Status::Ok,
+                        epoch: header.epoch,
+                    };
+                    (outcome, reply)
+                }
+                Ok(BlockStatusReply::Refused { status, epoch }) => {
+                    let status = Status::from_code(status).unwrap_or(Status::IoError);
+                    (Outcome::Reply { status, epoch }, Bytes::new())
+                }
+                Err(e) => {
+                    let detail = format!("{}: block status reply does not decode: {e}", route.node);
+                    (
+                        Outcome::Transport {
+                            retryable: false,
+                            detail,
+                        },
+                        Bytes::new(),
+                    )
+                }
+            },
+            // A status in place of a control reply (an unknown kind, a malformed body).
+            Err(PeerError::Status { status, .. }) => (
+                Outcome::Reply {
+                    status,
+                    epoch: header.epoch,
+                },
+                Bytes::new(),
+            ),
+            Err(error) => {
+                let outcome = Outcome::Transport {
+                    retryable: retryable(&error),
+                    detail: format!("{} ({}): {error}", route.node, route.pg),
+                };
+                (outcome, Bytes::new())
+            }
+        }
+    }
+
+    /// Sends one encoded BLOCK_STATUS query to `route`'s node (this node's own router when it
+    /// is the primary), bounded by the attempt timeout and `remaining`.
+    async fn call_block_status(
+        &self,
+        route: Route,
+        body: Bytes,
+        remaining: std::time::Duration,
+    ) -> Result<Bytes, PeerError> {
+        let kind = ControlKind::BLOCK_STATUS;
+        if let Some((me, router)) = &self.local
+            && *me == route.node
+        {
+            return router
+                .handle_control(*me, kind, BLOCK_STATUS_VERSION, body)
+                .await
+                .map_err(|status| PeerError::Status {
+                    peer: *me,
+                    kind,
+                    status,
+                });
+        }
+        let timeout = self.config.attempt_timeout.min(remaining);
+        let call = self
+            .peers
+            .call_control(route.node, kind, BLOCK_STATUS_VERSION, body);
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(PeerError::Timeout {
+                peer: route.node,
+                timeout,
+            }),
+        }
+    }
+
     fn check_reply(&self, job: &Job, payload: Bytes) -> Result<Bytes, VolumeError> {
+        if job.opcode == BLOCK_STATUS_OP {
+            // Checked where the runs are decoded.
+            return Ok(payload);
+        }
         let expected = if job.opcode == Opcode::Read {
             job.len
         } else {
@@ -647,17 +782,48 @@ impl VolumeBackend for GatewayVolume {
         result.map(drop)
     }
 
-    /// Reports the whole range as allocated data: the thin-allocation query over the network
-    /// does not exist yet (a later control message). Always correct, never shows holes.
+    /// Asks each chunk's primary for its store's allocation (BLOCK_STATUS), at most
+    /// [`BLOCK_STATUS_CHUNKS_MAX`] chunks per call, and merges the answers into extents.
     async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<VolumeExtent>, VolumeError> {
         self.check(offset, len)?;
         if len == 0 {
             return Err(VolumeError::Invalid("block status of zero length".into()));
         }
-        Ok(vec![VolumeExtent {
-            len,
-            hole: false,
-            zero: false,
-        }])
+        let (deadline, chunk_size) = self.start()?;
+        let chunk = u64::from(chunk_size);
+        // Describe at most BLOCK_STATUS_CHUNKS_MAX chunks, ending on a chunk boundary.
+        let limit = (offset / chunk + BLOCK_STATUS_CHUNKS_MAX) * chunk - offset;
+        let pieces: Vec<Piece> = self
+            .pieces(offset, len.min(limit), chunk_size, false)
+            .collect();
+        let jobs = pieces
+            .clone()
+            .into_iter()
+            .map(|piece| Self::data_job(BLOCK_STATUS_OP, piece, Bytes::new(), false));
+        let replies = self.run(jobs, deadline).await?;
+        let mut extents: Vec<VolumeExtent> = Vec::new();
+        for (piece, reply) in pieces.iter().zip(replies) {
+            let runs = match postcard::from_bytes::<BlockStatusReply>(&reply) {
+                Ok(BlockStatusReply::Runs(runs)) => runs,
+                _ => return Err(VolumeError::Io("block status reply without runs".into())),
+            };
+            check_runs(&runs, piece.len)
+                .map_err(|e| VolumeError::Io(format!("block status reply: {e}")))?;
+            for run in runs {
+                let hole = !run.allocated;
+                match extents.last_mut() {
+                    Some(last) if last.hole == hole => last.len += u64::from(run.len),
+                    _ => extents.push(VolumeExtent {
+                        len: u64::from(run.len),
+                        hole,
+                        zero: hole,
+                    }),
+                }
+            }
+        }
+        if extents.is_empty() {
+            return Err(VolumeError::Io("block status described no extents".into()));
+        }
+        Ok(extents)
     }
 }

@@ -129,9 +129,9 @@ impl Node {
         )
         .await
         .context("replication service")?;
-        let router = build_router(&shared).with_io(Arc::clone(&replication) as _);
+        let router = Arc::new(build_router(&shared, &replication));
         let listen = shared.config.peer.listen;
-        let server = PeerServer::bind(listen, peer_config, Arc::new(router))
+        let server = PeerServer::bind(listen, peer_config, Arc::clone(&router))
             .await
             .with_context(|| format!("peer.listen {listen}"))?;
         tracing::info!(
@@ -139,7 +139,7 @@ impl Node {
             "node started"
         );
 
-        let (nbd, nbd_addr) = start_nbd(&shared, Arc::clone(&replication) as _).await?;
+        let (nbd, nbd_addr) = start_nbd(&shared, router).await?;
 
         let cancel = CancellationToken::new();
         let api_task = api::start(&shared, cancel.clone()).await?;
@@ -237,9 +237,12 @@ async fn log_failure_reports(
     }
 }
 
-/// The peer listener's handlers: Raft, proposal forwarding, joins and heartbeats.
-fn build_router(shared: &Arc<NodeShared>) -> Router {
+/// The peer listener's handlers: replication I/O and block status, Raft, proposal
+/// forwarding, joins and heartbeats.
+fn build_router(shared: &Arc<NodeShared>, replication: &Arc<ReplicationService>) -> Router {
     Router::new()
+        .with_io(Arc::clone(replication) as _)
+        .with_control(ControlKind::BLOCK_STATUS, Arc::clone(replication) as _)
         .with_control(ControlKind::RAFT, Arc::new(RaftHandler(Arc::clone(shared))))
         .with_control(
             ControlKind::META_PROPOSE,
@@ -258,7 +261,7 @@ fn build_router(shared: &Arc<NodeShared>) -> Router {
 /// Starts the NBD exports (TCP, and the unix socket if configured) over a gateway.
 async fn start_nbd(
     shared: &Arc<NodeShared>,
-    local: Arc<dyn crate::peer::IoHandler>,
+    local: Arc<Router>,
 ) -> anyhow::Result<(NbdServer<exports::ClusterExports>, SocketAddr)> {
     let gateway = Gateway::with_local(
         Arc::clone(&shared.peers),

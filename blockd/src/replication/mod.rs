@@ -25,6 +25,7 @@
 //!   are the durable record.
 
 mod actor;
+mod block_status;
 mod local;
 mod log;
 mod pg;
@@ -38,6 +39,10 @@ mod sim_tests;
 #[cfg(test)]
 mod tests;
 
+pub use block_status::{
+    AllocationRun, BLOCK_STATUS_VERSION, BlockStatusReply, BlockStatusRequest, RunsError,
+    check_runs,
+};
 pub use log::{LogEntry, PgLog};
 pub use pg::{Lease, PgEngine};
 pub use service::{

@@ -12,17 +12,23 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use basalt::ids::{ChunkVersion, DriveId, Epoch, NodeId, PgId, VolumeId};
+use basalt::ids::{ChunkKey, ChunkVersion, DriveId, Epoch, NodeId, PgId, VolumeId};
 use basalt::placement::{PoolId, pg_of};
+use basalt::units::SECTOR_SIZE_BYTES;
 use basalt::wire::{Bytes, Frame, Header, Opcode, Status};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::actor::{self, Input, PgTask, Request, error_reply};
+use super::block_status::{
+    AllocationRun, BLOCK_STATUS_VERSION, BlockStatusReply, BlockStatusRequest,
+};
 use super::pg::PgEngine;
-use super::types::{ChunkRange, EngineError, Limits, MapView, Mutation, OpKind, PgConfig};
-use crate::peer::{BoxFuture, IoHandler, Peers, Reply};
+use super::types::{
+    ChunkRange, EngineError, Limits, MapView, Mutation, OpKind, PgConfig, store_status,
+};
+use crate::peer::{BoxFuture, ControlHandler, IoHandler, Peers, Reply};
 use crate::store::{Store, StoreError};
 use crate::view::{ClusterView, MapWatch};
 
@@ -320,6 +326,29 @@ impl IoHandler for ReplicationService {
     }
 }
 
+/// Serves [`basalt::wire::ControlKind::BLOCK_STATUS`]: register it on the node's router (and
+/// hand it to the gateway for this node's own PGs).
+impl ControlHandler for ReplicationService {
+    fn handle_control(
+        &self,
+        _peer: NodeId,
+        version: u16,
+        body: Bytes,
+    ) -> BoxFuture<'_, Result<Bytes, Status>> {
+        Box::pin(async move {
+            if version != BLOCK_STATUS_VERSION {
+                return Err(Status::Unsupported);
+            }
+            let request: BlockStatusRequest =
+                postcard::from_bytes(&body).map_err(|_| Status::Invalid)?;
+            let reply = self.inner.block_status(request).await;
+            postcard::to_stdvec(&reply)
+                .map(Bytes::from)
+                .map_err(|_| Status::IoError)
+        })
+    }
+}
+
 impl Inner {
     fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
         // Every write is a whole-field assignment or one map insert: consistent after a panic.
@@ -479,7 +508,7 @@ impl Inner {
                 }
             }
         }
-        let (view, route) = self.view_for(header).await?;
+        let (view, route) = self.view_for(header.chunk.volume, header.epoch).await?;
         let epoch = view.epoch();
         let key = check_pg(header, route, epoch)?;
         if let Some(handle) = self.ensure_pg(key, &view) {
@@ -495,14 +524,16 @@ impl Inner {
         Err(error_reply(status, epoch))
     }
 
-    /// A view with the frame's epoch (or newer) that knows the frame's volume, waiting for one
-    /// at most `view_wait`; the frame is answered `Timeout` if its epoch never came and
+    /// A view with the request's `epoch` (or newer) that knows its `volume`, waiting for one
+    /// at most `view_wait`; the request is answered `Timeout` if its epoch never came and
     /// `OutOfRange` if its volume is unknown.
-    async fn view_for(&self, header: &Header) -> Result<(Arc<ClusterView>, VolumeRoute), Reply> {
-        let volume = header.chunk.volume;
-        let ready = |view: &ClusterView| {
-            view.epoch() >= header.epoch && volume_route(view, volume).is_some()
-        };
+    async fn view_for(
+        &self,
+        volume: VolumeId,
+        wanted: Epoch,
+    ) -> Result<(Arc<ClusterView>, VolumeRoute), Reply> {
+        let ready =
+            |view: &ClusterView| view.epoch() >= wanted && volume_route(view, volume).is_some();
         let view = {
             let current = self.view.borrow();
             ready(&current).then(|| Arc::clone(&current))
@@ -521,7 +552,7 @@ impl Inner {
             }
         };
         let epoch = view.epoch();
-        if header.epoch > epoch {
+        if wanted > epoch {
             return Err(error_reply(Status::Timeout, epoch));
         }
         match volume_route(&view, volume) {
@@ -535,7 +566,7 @@ impl Inner {
     /// all of them are. A PG's answer other than `Ok` is the answer (`StaleEpoch` first, so the
     /// gateway fetches the newer map).
     async fn flush(&self, header: &Header) -> Reply {
-        let (view, route) = match self.view_for(header).await {
+        let (view, route) = match self.view_for(header.chunk.volume, header.epoch).await {
             Ok(found) => found,
             Err(reply) => return reply,
         };
@@ -586,6 +617,65 @@ impl Inner {
         match stale.or(failed) {
             Some(reply) => reply.clone(),
             None => Reply::ok(epoch, Bytes::new()),
+        }
+    }
+}
+
+impl Inner {
+    /// Answers a BLOCK_STATUS query from the store of this node's copy of the chunk, if this
+    /// node is the chunk's PG primary in its view (refusals as for a READ: `StaleEpoch` for an
+    /// older request epoch, `NotPrimary`, `Invalid` for a range outside the chunk).
+    async fn block_status(&self, request: BlockStatusRequest) -> BlockStatusReply {
+        let refused = |reply: Reply| BlockStatusReply::refused(reply.status, reply.epoch);
+        let (view, route) = match self.view_for(request.volume, request.epoch).await {
+            Ok(found) => found,
+            Err(reply) => return refused(reply),
+        };
+        let epoch = view.epoch();
+        if request.epoch < epoch {
+            return BlockStatusReply::refused(Status::StaleEpoch, epoch);
+        }
+        let pg = pg_of(request.volume, request.chunk_index, route.pg_count);
+        let primary = view
+            .map
+            .pool(route.pool)
+            .and_then(|pool| pool.pg(pg))
+            .and_then(|placement| placement.primary())
+            .filter(|member| member.node == self.config.node);
+        let Some(store) = primary.and_then(|member| self.stores.get(&member.drive)) else {
+            return BlockStatusReply::refused(Status::NotPrimary, epoch);
+        };
+        let sector = SECTOR_SIZE_BYTES;
+        let in_chunk = request
+            .offset
+            .checked_add(request.len)
+            .is_some_and(|end| end <= store.chunk_size_bytes());
+        if request.len == 0
+            || !in_chunk
+            || !request.offset.is_multiple_of(sector)
+            || !request.len.is_multiple_of(sector)
+        {
+            return BlockStatusReply::refused(Status::Invalid, epoch);
+        }
+        let chunk = ChunkKey::new(request.volume, request.chunk_index);
+        match store.block_status(chunk, request.offset, request.len).await {
+            Ok(extents) => {
+                let mut runs: Vec<AllocationRun> = Vec::with_capacity(extents.len());
+                for extent in extents.into_iter().filter(|extent| extent.len > 0) {
+                    match runs.last_mut() {
+                        Some(last) if last.allocated == extent.allocated => last.len += extent.len,
+                        _ => runs.push(AllocationRun {
+                            len: extent.len,
+                            allocated: extent.allocated,
+                        }),
+                    }
+                }
+                BlockStatusReply::Runs(runs)
+            }
+            Err(error) => {
+                tracing::warn!(%chunk, %error, "block status from the store failed");
+                BlockStatusReply::refused(store_status(&error), epoch)
+            }
         }
     }
 }

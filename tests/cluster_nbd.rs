@@ -1,0 +1,523 @@
+//! Real NBD clients against a 3-node cluster of `blockd` processes (issue 4's tests): every
+//! volume is exported by every node through its gateway, 3 replicas, `min_size` 2.
+//!
+//! The clients (`nbdinfo`, `qemu-io`, `nbdcopy`, `fio`) run as child processes, each bounded
+//! by a timeout; the packages come from `scripts/test` (`libnbd-bin`, `qemu-utils`, `fio`).
+//! Each test starts its own cluster on 127.0.<net>.1-3 with its own `net`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use basalt::api::client::Client;
+use basalt::api::{ClusterStatus, VolumeCreateRequest, VolumeView};
+use basalt::ids::{ChunkKey, VolumeId};
+use basalt::size::Size;
+use blockd::store::{OpenOptions, Store};
+use common::{ADMIN_TOKEN, ClusterSpec, TestCluster, wait_for};
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+/// The cluster's chunk size (the default).
+const CHUNK: u64 = 4 * MIB;
+/// Bound on one client run (a 256 MiB copy through debug daemons included).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Bound on a cluster becoming ready, a volume appearing, a map change.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// A runtime for the API client and the store (the harness itself is synchronous).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn api(cluster: &TestCluster, n: u8) -> Client {
+    Client::new(
+        &cluster.api_url(n),
+        Some(ADMIN_TOKEN.into()),
+        Duration::from_secs(10),
+    )
+    .expect("API client")
+}
+
+/// Node `n`'s view of the cluster, or `None` while its API does not answer.
+fn status(cluster: &TestCluster, n: u8) -> Option<ClusterStatus> {
+    runtime().block_on(api(cluster, n).cluster_status()).ok()
+}
+
+/// Waits until node `n` sees a leader and `up` nodes up; returns that status.
+fn wait_ready(cluster: &TestCluster, n: u8, up: u32) -> ClusterStatus {
+    wait_for(READY_TIMEOUT, || {
+        status(cluster, n).filter(|s| s.leader.is_some() && s.nodes.up == up)
+    })
+    .unwrap_or_else(|| panic!("cluster not ready with {up} nodes up\n{}", cluster.logs()))
+}
+
+/// Creates a volume through node 1's API, retrying while the cluster is still forming.
+fn create_volume(cluster: &TestCluster, name: &str, size: u64) -> VolumeView {
+    let rt = runtime();
+    let client = api(cluster, 1);
+    let request = VolumeCreateRequest {
+        name: name.into(),
+        size: Size(size),
+        replicas: None,
+    };
+    let mut last = String::new();
+    wait_for(READY_TIMEOUT, || {
+        match rt.block_on(client.create_volume(&request, Some(name))) {
+            Ok(view) => Some(view),
+            Err(e) => {
+                last = e.to_string();
+                std::thread::sleep(Duration::from_millis(400));
+                None
+            }
+        }
+    })
+    .unwrap_or_else(|| panic!("create volume {name}: {last}\n{}", cluster.logs()))
+}
+
+fn uri(cluster: &TestCluster, n: u8, export: &str) -> String {
+    format!("nbd://{}/{export}", cluster.nbd_addr(n))
+}
+
+/// Waits until `uri` answers `nbdinfo` (the node's view names the volume).
+fn wait_export(cluster: &TestCluster, uri: &str) {
+    let found = wait_for(READY_TIMEOUT, || {
+        let output = run_unchecked("nbdinfo", &["--json", uri], Duration::from_secs(20));
+        output.status.success().then_some(())
+    });
+    assert!(
+        found.is_some(),
+        "export {uri} never appeared\n{}",
+        cluster.logs()
+    );
+}
+
+/// Runs a client to completion within `timeout` (killed and reported otherwise).
+fn run_unchecked(program: &str, args: &[&str], timeout: Duration) -> Output {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout pipe")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr pipe")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for client") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{program} {args:?} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
+/// Runs a client that must succeed.
+fn run(cluster: &TestCluster, program: &str, args: &[&str]) -> Output {
+    let output = run_unchecked(program, args, CLIENT_TIMEOUT);
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}\n{}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr),
+        cluster.logs()
+    );
+    output
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json(output: &Output) -> Value {
+    let stdout = text(&output.stdout);
+    // fio prints notes before its JSON document.
+    let start = stdout.find(['{', '[']).unwrap_or(0);
+    serde_json::from_str(&stdout[start..])
+        .unwrap_or_else(|e| panic!("client printed invalid JSON ({e}):\n{stdout}"))
+}
+
+/// `nbdinfo --map` as (offset, length, type) runs, adjacent runs of one type merged; type 0
+/// is data, 3 a hole that reads as zeroes.
+fn map(cluster: &TestCluster, uri: &str) -> Vec<(u64, u64, u64)> {
+    let extents = json(&run(cluster, "nbdinfo", &["--map", "--json", uri]));
+    let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+    for e in extents.as_array().expect("map is a JSON array") {
+        let field = |name: &str| e[name].as_u64().expect("numeric map field");
+        let (offset, length, kind) = (field("offset"), field("length"), field("type"));
+        match runs.last_mut() {
+            Some(last) if last.2 == kind && last.0 + last.1 == offset => last.1 += length,
+            _ => runs.push((offset, length, kind)),
+        }
+    }
+    runs
+}
+
+/// Runs `qemu-io` commands on `uri`; every command must succeed.
+fn qemu_io(cluster: &TestCluster, commands: &[String], uri: &str) -> String {
+    let mut args = vec!["-f", "raw"];
+    for command in commands {
+        args.extend(["-c", command.as_str()]);
+    }
+    args.push(uri);
+    let output = run(cluster, "qemu-io", &args);
+    let out = text(&output.stdout);
+    assert!(
+        !out.contains("failed") && !out.contains("error"),
+        "qemu-io reported a failure:\n{out}\nstderr:\n{}",
+        text(&output.stderr)
+    );
+    out
+}
+
+/// fio with the nbd engine on `uri`: a 4 KiB random write job with a crc32c verify pass (or
+/// only the verify pass of an earlier identical job). Returns the job's JSON report.
+fn fio_verify(cluster: &TestCluster, uri: &str, size: &str, verify_only: bool) -> Value {
+    let uri_arg = format!("--uri={uri}");
+    let size_arg = format!("--size={size}");
+    let mut args = vec![
+        "--name=nbdverify",
+        "--ioengine=nbd",
+        uri_arg.as_str(),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=32",
+        size_arg.as_str(),
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+        "--do_verify=1",
+        "--output-format=json",
+    ];
+    if verify_only {
+        args.push("--verify_only");
+    }
+    let report = json(&run(cluster, "fio", &args));
+    let job = report["jobs"][0].clone();
+    assert_eq!(job["error"], 0, "{job}");
+    job
+}
+
+/// A file of `len` pseudo-random bytes with a zero run at 16..20 MiB (nbdcopy sends zeroes as
+/// WRITE_ZEROES); returns its crc32c.
+fn random_file(path: &Path, len: u64) -> u32 {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create input"));
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut crc = 0u32;
+    let mut block = vec![0u8; MIB as usize];
+    for i in 0..len / MIB {
+        if (16..20).contains(&i) {
+            block.fill(0);
+        } else {
+            for word in block.chunks_exact_mut(8) {
+                // xorshift64
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                word.copy_from_slice(&state.to_le_bytes());
+            }
+        }
+        crc = crc32c::crc32c_append(crc, &block);
+        file.write_all(&block).expect("write input");
+    }
+    file.flush().expect("flush input");
+    crc
+}
+
+fn file_crc(path: &Path) -> (u64, u32) {
+    let mut file = std::fs::File::open(path).expect("open output");
+    let (mut len, mut crc) = (0u64, 0u32);
+    let mut block = vec![0u8; MIB as usize];
+    loop {
+        let n = file.read(&mut block).expect("read output");
+        if n == 0 {
+            return (len, crc);
+        }
+        len += n as u64;
+        crc = crc32c::crc32c_append(crc, &block[..n]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+/// qemu-io writes at 512-byte offsets, one across the chunk 0/1 boundary, one at the end of
+/// the volume, and the reads that check them and their untouched neighbours.
+fn pattern_commands(volume_bytes: u64) -> (Vec<String>, Vec<String>) {
+    let writes = [
+        (512, 1024),
+        (CHUNK - 1536, 3584),
+        (CHUNK + 7 * 4096 + 2560, 512),
+        (volume_bytes - 1024, 1024),
+    ];
+    let mut write = Vec::new();
+    let mut read = Vec::new();
+    for (i, (offset, length)) in writes.into_iter().enumerate() {
+        let pattern = 0x21 + i * 16;
+        write.push(format!("write -P {pattern:#x} {offset} {length}"));
+        read.push(format!("read -P {pattern:#x} {offset} {length}"));
+        read.push(format!("read -P 0 {} 512", offset - 512));
+        if offset + length < volume_bytes {
+            read.push(format!("read -P 0 {} 512", offset + length));
+        }
+    }
+    (write, read)
+}
+
+/// Goal: the export is listed with its size and flags by every node; a fresh volume maps as
+/// one hole; 512-byte-aligned writes through node 1 read back through node 2 and map as data
+/// (whole 4 KiB blocks); and after a clean stop the three drives hold identical chunks.
+#[test]
+fn nbdinfo_qemu_io_and_map_across_nodes() {
+    let mut cluster = TestCluster::start(&ClusterSpec::new(61, 3));
+    wait_ready(&cluster, 1, 3);
+    let size = 64 * MIB;
+    let volume = create_volume(&cluster, "vol", size);
+    let (uri1, uri2) = (uri(&cluster, 1, "vol"), uri(&cluster, 2, "vol"));
+    wait_export(&cluster, &uri1);
+    wait_export(&cluster, &uri2);
+
+    let info = json(&run(&cluster, "nbdinfo", &["--json", &uri1]));
+    assert_eq!(info["protocol"], "newstyle-fixed");
+    let export = &info["exports"][0];
+    assert_eq!(export["export-name"], "vol");
+    assert_eq!(export["export-size"], size);
+    for flag in [
+        "can_multi_conn",
+        "can_trim",
+        "can_fua",
+        "can_flush",
+        "can_zero",
+        "can_fast_zero",
+        "can_df",
+    ] {
+        assert_eq!(export[flag], true, "{flag} in {export}");
+    }
+    assert_eq!(export["is_read_only"], false);
+    let list = json(&run(
+        &cluster,
+        "nbdinfo",
+        &["--list", "--json", &uri(&cluster, 2, "")],
+    ));
+    let names: Vec<&str> = list["exports"]
+        .as_array()
+        .expect("exports")
+        .iter()
+        .filter_map(|e| e["export-name"].as_str())
+        .collect();
+    assert_eq!(names, ["vol"]);
+
+    assert_eq!(map(&cluster, &uri1), [(0, size, 3)], "a fresh volume");
+
+    let (write, read) = pattern_commands(size);
+    let wrote = qemu_io(&cluster, &write, &uri1);
+    assert_eq!(wrote.matches("wrote ").count(), write.len(), "{wrote}");
+    let readback = qemu_io(&cluster, &read, &uri2);
+    assert_eq!(readback.matches("read ").count(), read.len(), "{readback}");
+
+    // The store allocates whole 4 KiB blocks: [0, 4K), [4M-4K, 4M+4K), [4M+28K, 4M+32K),
+    // [size-4K, size).
+    let k4 = 4096;
+    let expected = vec![
+        (0, k4, 0),
+        (k4, CHUNK - 2 * k4, 3),
+        (CHUNK - k4, 2 * k4, 0),
+        (CHUNK + k4, 6 * k4, 3),
+        (CHUNK + 7 * k4, k4, 0),
+        (CHUNK + 8 * k4, size - CHUNK - 9 * k4, 3),
+        (size - k4, k4, 0),
+    ];
+    assert_eq!(map(&cluster, &uri2), expected, "after the writes");
+
+    for n in 1..=3 {
+        cluster.stop(n);
+    }
+    assert_replicas_identical(&cluster, VolumeId(volume.id), &[0, 1, size / CHUNK - 1]);
+}
+
+/// Opens every node's drive (the cluster is stopped) and checks that each holds `chunks` of
+/// `volume` with the same bytes, and the same set of chunks of the volume.
+fn assert_replicas_identical(cluster: &TestCluster, volume: VolumeId, chunks: &[u64]) {
+    let rt = runtime();
+    let mut copies: Vec<(Vec<u64>, Vec<Vec<u8>>)> = Vec::new();
+    for node in &cluster.nodes {
+        let path = &node.config.drives[0].path;
+        let copy = rt.block_on(async {
+            let store = Store::open(path, OpenOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            let mut held: Vec<u64> = store
+                .list_chunks()
+                .await
+                .expect("list chunks")
+                .into_iter()
+                .filter(|info| info.chunk.volume == volume)
+                .map(|info| info.chunk.index)
+                .collect();
+            held.sort_unstable();
+            let mut data = Vec::new();
+            for index in chunks {
+                let chunk = ChunkKey::new(volume, *index);
+                let bytes = store
+                    .read(chunk, 0, store.chunk_size_bytes())
+                    .await
+                    .expect("read chunk");
+                data.push(bytes.to_vec());
+            }
+            store.close().await.expect("close store");
+            (held, data)
+        });
+        copies.push(copy);
+    }
+    let (held, data) = &copies[0];
+    assert_eq!(held, chunks, "node 1 holds exactly the written chunks");
+    for (i, chunk) in data.iter().enumerate() {
+        assert!(
+            chunk.iter().any(|b| *b != 0),
+            "chunk {} has data",
+            chunks[i]
+        );
+    }
+    for (n, copy) in copies.iter().enumerate().skip(1) {
+        assert_eq!(&copy.0, held, "node {} holds the same chunks", n + 1);
+        assert!(&copy.1 == data, "node {} holds the same bytes", n + 1);
+    }
+}
+
+/// Goal: a 256 MiB random file (with a zero run) copied in through node 1 and out through
+/// node 2 by nbdcopy (multi-connection) comes back identical.
+#[test]
+fn nbdcopy_round_trip_256_mib() {
+    let mut spec = ClusterSpec::new(62, 3);
+    spec.drive_size_bytes = 1 << 30;
+    let cluster = TestCluster::start(&spec);
+    wait_ready(&cluster, 1, 3);
+    let size = 256 * MIB;
+    create_volume(&cluster, "copy", size);
+    let (uri1, uri2) = (uri(&cluster, 1, "copy"), uri(&cluster, 2, "copy"));
+    wait_export(&cluster, &uri1);
+    wait_export(&cluster, &uri2);
+
+    let input = cluster.dir().join("in.img");
+    let crc = random_file(&input, size);
+    let output = cluster.dir().join("out.img");
+    let started = Instant::now();
+    run(&cluster, "nbdcopy", &[input.to_str().expect("path"), &uri1]);
+    let copied_in = started.elapsed();
+    run(
+        &cluster,
+        "nbdcopy",
+        &[&uri2, output.to_str().expect("path")],
+    );
+    eprintln!(
+        "nbdcopy 256 MiB: in {copied_in:?}, out {:?}",
+        started.elapsed() - copied_in
+    );
+    assert_eq!(file_crc(&output), (size, crc));
+}
+
+/// Goal: fio's nbd engine (32 requests in flight, replies out of order) writes random 4 KiB
+/// blocks and verifies them (crc32c); after every node stops and starts again, a verify-only
+/// pass of the same job still finds every block.
+#[test]
+fn fio_verify_survives_a_full_cluster_restart() {
+    let mut cluster = TestCluster::start(&ClusterSpec::new(63, 3));
+    wait_ready(&cluster, 1, 3);
+    create_volume(&cluster, "fio", 64 * MIB);
+    let uri1 = uri(&cluster, 1, "fio");
+    wait_export(&cluster, &uri1);
+
+    let job = fio_verify(&cluster, &uri1, "32m", false);
+    assert_eq!(job["write"]["io_bytes"], 32 * MIB, "{job}");
+    assert_eq!(job["read"]["io_bytes"], 32 * MIB, "verify pass: {job}");
+
+    for n in 1..=3 {
+        cluster.stop(n);
+    }
+    for n in 1..=3 {
+        cluster.start_node(n);
+    }
+    wait_ready(&cluster, 1, 3);
+    let uri3 = uri(&cluster, 3, "fio");
+    wait_export(&cluster, &uri3);
+    let job = fio_verify(&cluster, &uri3, "32m", true);
+    assert_eq!(job["read"]["io_bytes"], 32 * MIB, "verify-only pass: {job}");
+}
+
+/// Goal: with one node stopped, the map epoch advances and writes continue (and verify) with
+/// two copies; with a second node stopped (below `min_size`, and no Raft majority to change
+/// the map), a write fails with an I/O error within the gateway's request timeout instead of
+/// being acknowledged.
+#[test]
+fn degraded_writes_continue_then_fail_below_min_size() {
+    let mut cluster = TestCluster::start(&ClusterSpec::new(64, 3));
+    let before = wait_ready(&cluster, 1, 3);
+    create_volume(&cluster, "deg", 64 * MIB);
+    let uri1 = uri(&cluster, 1, "deg");
+    wait_export(&cluster, &uri1);
+    fio_verify(&cluster, &uri1, "8m", false);
+
+    cluster.stop(3);
+    let after = wait_for(READY_TIMEOUT, || {
+        status(&cluster, 1).filter(|s| s.nodes.down == 1 && s.epoch > before.epoch)
+    })
+    .unwrap_or_else(|| panic!("node 3 never marked down\n{}", cluster.logs()));
+    eprintln!("node 3 down: epoch {} -> {}", before.epoch, after.epoch);
+    let job = fio_verify(&cluster, &uri1, "16m", false);
+    assert_eq!(job["read"]["io_bytes"], 16 * MIB, "verify pass: {job}");
+
+    cluster.stop(2);
+    // Every PG has node 2 in its acting set: whichever chunk the write lands in, it cannot
+    // reach two copies. The gateway gives up after its request timeout (30 s).
+    let started = Instant::now();
+    let output = run_unchecked(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x5a 8192 4096", &uri1],
+        Duration::from_secs(120),
+    );
+    let elapsed = started.elapsed();
+    let out = text(&output.stdout) + &text(&output.stderr);
+    eprintln!("write below min_size failed after {elapsed:?}");
+    assert!(
+        out.contains("write failed") && out.contains("Input/output error"),
+        "the write must fail with EIO:\n{out}\n{}",
+        cluster.logs()
+    );
+    assert!(!out.contains("wrote "), "not acknowledged:\n{out}");
+}
