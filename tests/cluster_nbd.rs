@@ -425,7 +425,8 @@ fn assert_replicas_identical(cluster: &TestCluster, volume: VolumeId, chunks: &[
 #[test]
 fn nbdcopy_round_trip_256_mib() {
     let mut spec = ClusterSpec::new(62, 3);
-    spec.drive_size_bytes = 1 << 30;
+    // 256 MiB on every node, plus the store's metadata and journal.
+    spec.drive_size_bytes = 512 << 20;
     let cluster = TestCluster::start(&spec);
     wait_ready(&cluster, 1, 3);
     let size = 256 * MIB;
