@@ -18,8 +18,6 @@ use basalt::size::Size;
 
 /// Nodes in the quick-start cluster.
 const NODES: u8 = 3;
-/// Size of each node's file-backed drive (thin volumes only use what is written).
-const DRIVE_SIZE_BYTES: u64 = 4 << 30;
 /// Size of the `demo` volume.
 const DEMO_SIZE_BYTES: u64 = 1 << 30;
 /// How long to wait for the cluster to form.
@@ -36,6 +34,14 @@ pub struct UpArgs {
     /// Name of the volume to create (if absent) and export.
     #[arg(long, default_value = "demo")]
     volume: String,
+    /// Size of each node's file-backed drive, created (preallocated) on first start; thin
+    /// volumes only use what is written.
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    drive_size: u64,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    basalt::size::parse_size(text).map_err(|e| e.to_string())
 }
 
 /// Runs the quick-start cluster until Ctrl-C.
@@ -50,7 +56,7 @@ pub fn run(args: &UpArgs, blockd: &Path) -> anyhow::Result<()> {
     let token = persistent_secret(&data_dir.join("admin-token"))?;
     let mut configs = Vec::new();
     for n in 1..=NODES {
-        let path = write_config(&data_dir, n, &secret, &token)?;
+        let path = write_config(&data_dir, n, &secret, &token, args.drive_size)?;
         configs.push(path);
     }
 
@@ -106,10 +112,16 @@ fn persistent_secret(path: &Path) -> anyhow::Result<String> {
     Ok(secret)
 }
 
-fn write_config(data_dir: &Path, n: u8, secret: &str, token: &str) -> anyhow::Result<PathBuf> {
+fn write_config(
+    data_dir: &Path,
+    n: u8,
+    secret: &str,
+    token: &str,
+    drive_size: u64,
+) -> anyhow::Result<PathBuf> {
     let mut config = NodeConfig::local_cluster(n, data_dir, secret);
     if let Some(drive) = config.drives.first_mut() {
-        drive.size = Some(Size(DRIVE_SIZE_BYTES));
+        drive.size = Some(Size(drive_size));
     }
     config.security.tokens = vec![TokenConfig {
         name: "admin".into(),
