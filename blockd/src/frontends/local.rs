@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use basalt::ids::{ChunkKey, ChunkVersion, Epoch, VolumeId};
 use basalt::units::SECTOR_SIZE_BYTES;
 use basalt::volume::{ChunkSpan, split_range};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use super::{VolumeBackend, VolumeError, VolumeExtent, ZeroFlags};
@@ -165,22 +165,7 @@ impl VolumeBackend for LocalVolume {
             }
         })
         .await?;
-        let data = if pieces.len() == 1 {
-            pieces.into_iter().next().unwrap_or_default()
-        } else {
-            let mut joined = BytesMut::with_capacity(len as usize);
-            for piece in &pieces {
-                joined.extend_from_slice(piece);
-            }
-            joined.freeze()
-        };
-        if data.len() != len as usize {
-            return Err(VolumeError::Io(format!(
-                "store returned {} bytes for a {len}-byte read",
-                data.len()
-            )));
-        }
-        Ok(data)
+        crate::frontends::join_read_pieces(pieces, len)
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {

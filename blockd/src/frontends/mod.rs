@@ -170,6 +170,28 @@ pub trait Exports: Send + Sync + 'static {
     }
 }
 
+/// Joins the pieces of a read, in request order, into the `len` bytes the frontend asked for
+/// (no copy when there is one piece). A backend that got back a different total length
+/// reports an I/O error instead of handing the client short or long data.
+pub fn join_read_pieces(pieces: Vec<Bytes>, len: u32) -> Result<Bytes, VolumeError> {
+    let data = if pieces.len() == 1 {
+        pieces.into_iter().next().unwrap_or_default()
+    } else {
+        let mut joined = bytes::BytesMut::with_capacity(len as usize);
+        for piece in &pieces {
+            joined.extend_from_slice(piece);
+        }
+        joined.freeze()
+    };
+    if data.len() != len as usize {
+        return Err(VolumeError::Io(format!(
+            "read {} bytes for a {len}-byte request",
+            data.len()
+        )));
+    }
+    Ok(data)
+}
+
 /// A fixed set of exports: tests and single-node development.
 #[derive(Debug)]
 pub struct StaticExports<V> {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use basalt::ids::{ChunkKey, Epoch, NodeId, PgId};
 use basalt::units::SECTOR_SIZE_BYTES;
-use basalt::wire::{Bytes, BytesMut, ControlKind, Flags, Header, Opcode, RequestId, Status};
+use basalt::wire::{Bytes, ControlKind, Flags, Header, Opcode, RequestId, Status};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -694,22 +694,7 @@ impl VolumeBackend for GatewayVolume {
             .pieces(offset, u64::from(len), chunk_size, true)
             .map(|piece| Self::data_job(Opcode::Read, piece, Bytes::new(), false));
         let pieces = self.run(jobs, deadline).await?;
-        let data = if pieces.len() == 1 {
-            pieces.into_iter().next().unwrap_or_default()
-        } else {
-            let mut joined = BytesMut::with_capacity(len as usize);
-            for piece in &pieces {
-                joined.extend_from_slice(piece);
-            }
-            joined.freeze()
-        };
-        if data.len() != len as usize {
-            return Err(VolumeError::Io(format!(
-                "read {} bytes for a {len}-byte request",
-                data.len()
-            )));
-        }
-        Ok(data)
+        crate::frontends::join_read_pieces(pieces, len)
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
