@@ -238,15 +238,7 @@ impl VolumeBackend for LocalVolume {
         .await?;
         let mut extents: Vec<VolumeExtent> = Vec::new();
         for extent in per_chunk.into_iter().flatten() {
-            let hole = !extent.allocated;
-            match extents.last_mut() {
-                Some(last) if last.hole == hole => last.len += u64::from(extent.len),
-                _ => extents.push(VolumeExtent {
-                    len: u64::from(extent.len),
-                    hole,
-                    zero: hole,
-                }),
-            }
+            crate::frontends::push_extent(&mut extents, extent.len, extent.allocated);
         }
         if extents.is_empty() {
             return Err(VolumeError::Io("store described no extents".into()));

@@ -192,6 +192,20 @@ pub fn join_read_pieces(pieces: Vec<Bytes>, len: u32) -> Result<Bytes, VolumeErr
     Ok(data)
 }
 
+/// Appends a run of `len` bytes (data, or a hole that reads as zeroes) to NBD extents, merging
+/// it into the last extent when that has the same kind, so clients get the fewest extents.
+pub fn push_extent(extents: &mut Vec<VolumeExtent>, len: u32, allocated: bool) {
+    let hole = !allocated;
+    match extents.last_mut() {
+        Some(last) if last.hole == hole => last.len += u64::from(len),
+        _ => extents.push(VolumeExtent {
+            len: u64::from(len),
+            hole,
+            zero: hole,
+        }),
+    }
+}
+
 /// A fixed set of exports: tests and single-node development.
 #[derive(Debug)]
 pub struct StaticExports<V> {

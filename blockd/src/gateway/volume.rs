@@ -795,15 +795,7 @@ impl VolumeBackend for GatewayVolume {
             check_runs(&runs, piece.len)
                 .map_err(|e| VolumeError::Io(format!("block status reply: {e}")))?;
             for run in runs {
-                let hole = !run.allocated;
-                match extents.last_mut() {
-                    Some(last) if last.hole == hole => last.len += u64::from(run.len),
-                    _ => extents.push(VolumeExtent {
-                        len: u64::from(run.len),
-                        hole,
-                        zero: hole,
-                    }),
-                }
+                crate::frontends::push_extent(&mut extents, run.len, run.allocated);
             }
         }
         if extents.is_empty() {
