@@ -165,9 +165,7 @@ async fn run_node(
     let service = ReplicationService::start(replication_config(id), stores, peers, maps, reports)
         .await
         .expect("start replication");
-    let router = Router::new()
-        .with_io(service.clone())
-        .with_control(ControlKind::BLOCK_STATUS, service.clone());
+    let router = service.routes(Router::new());
     let addr = SocketAddr::from(([127, 0, 0, 1], 0));
     let server = PeerServer::bind(addr, peer_config(id), Arc::new(router))
         .await

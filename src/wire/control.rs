@@ -40,9 +40,10 @@ impl ControlKind {
     pub const RAFT: ControlKind = ControlKind(1);
     /// Placement-map watch: subscription and map updates.
     pub const MAP_WATCH: ControlKind = ControlKind(2);
-    /// PG log head and range queries used by peering and recovery.
-    pub const PG_LOG: ControlKind = ControlKind(3);
-    /// Recovery and backfill reads of whole chunks or ranges.
+    /// Peering and recovery between a PG's primary and its members: chunk labels, chunk
+    /// reads and pushes, sync points.
+    pub const PG_RECOVERY: ControlKind = ControlKind(3);
+    /// Reserved (recovery reads travel as [`Self::PG_RECOVERY`] messages).
     pub const RECOVERY_READ: ControlKind = ControlKind(4);
     /// Metadata commands forwarded to the Raft leader by a node that is not the leader.
     pub const META_PROPOSE: ControlKind = ControlKind(5);
@@ -216,7 +217,7 @@ mod tests {
             token: 7,
             note: "hi".into(),
         };
-        let envelope = ControlEnvelope::from_message(ControlKind::PG_LOG, 3, &ping).unwrap();
+        let envelope = ControlEnvelope::from_message(ControlKind::PG_RECOVERY, 3, &ping).unwrap();
         let mut payload = Vec::new();
         envelope.encode(&mut payload);
         assert_eq!(payload.len(), envelope.encoded_size());

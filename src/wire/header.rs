@@ -264,11 +264,15 @@ pub enum Status {
     Unsupported = 9,
     /// The drive has no space left for a new allocation.
     NoSpace = 10,
+    /// The responder's copy of the PG is not known to match the sender's history (it
+    /// restarted, or it rejoined without being recovered): the primary recovers it before
+    /// replicating to it again.
+    Unsynced = 11,
 }
 
 impl Status {
     /// Every status, for tests and exhaustive tables.
-    pub const ALL: [Status; 11] = [
+    pub const ALL: [Status; 12] = [
         Status::Ok,
         Status::StaleEpoch,
         Status::NotPrimary,
@@ -280,6 +284,7 @@ impl Status {
         Status::Invalid,
         Status::Unsupported,
         Status::NoSpace,
+        Status::Unsynced,
     ];
 
     /// The status with wire code `code`, if this version defines one.

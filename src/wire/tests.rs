@@ -637,7 +637,8 @@ pub(crate) fn sample_stream() -> (Vec<Frame>, Vec<u8>) {
     };
     let mut control = Header::new(Opcode::Control, RequestId(3));
     control.pg_version = 17;
-    let envelope = ControlEnvelope::from_message(ControlKind::PG_LOG, 1, &(1u32, "x")).unwrap();
+    let envelope =
+        ControlEnvelope::from_message(ControlKind::PG_RECOVERY, 1, &(1u32, "x")).unwrap();
     let mut control_payload = BytesMut::new();
     envelope.encode(&mut control_payload);
     let replicate = Header {

@@ -178,7 +178,7 @@ fn fatal(status: Status) -> Option<VolumeError> {
         Status::IoError | Status::Corrupt | Status::Unsupported => {
             Some(VolumeError::Io(format!("primary answered {status:?}")))
         }
-        Status::OutOfRange | Status::Invalid => {
+        Status::OutOfRange | Status::Invalid | Status::Unsynced => {
             Some(VolumeError::Invalid(format!("primary answered {status:?}")))
         }
         Status::NoSpace => Some(VolumeError::NoSpace),

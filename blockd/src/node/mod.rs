@@ -240,9 +240,8 @@ async fn log_failure_reports(
 /// The peer listener's handlers: replication I/O and block status, Raft, proposal
 /// forwarding, joins and heartbeats.
 fn build_router(shared: &Arc<NodeShared>, replication: &Arc<ReplicationService>) -> Router {
-    Router::new()
-        .with_io(Arc::clone(replication) as _)
-        .with_control(ControlKind::BLOCK_STATUS, Arc::clone(replication) as _)
+    replication
+        .routes(Router::new())
         .with_control(ControlKind::RAFT, Arc::new(RaftHandler(Arc::clone(shared))))
         .with_control(
             ControlKind::META_PROPOSE,

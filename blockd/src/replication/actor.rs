@@ -16,21 +16,23 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use basalt::ids::{ChunkVersion, DriveId, Epoch, NodeId};
+use basalt::ids::{ChunkKey, ChunkVersion, DriveId, Epoch, NodeId};
 use basalt::wire::{Bytes, Frame, Header, RequestId, Status};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::pg::PgEngine;
+use super::pg::{PgEngine, RecoveryVerdict};
+use super::recovery::{RecoveryCtx, Throttle, pg_labels};
+use super::recovery_msg::{PushStep, RecoveryReply};
 use super::service::{FailureReport, PgKey, map_view};
 use super::types::{
-    Action, ChunkRange, ClientFlush, ClientRead, ClientWrite, Mutation, Outcome, ReplicaReply,
-    Replicate, Token, store_status,
+    Action, ChunkRange, ClientFlush, ClientRead, ClientWrite, MemberSync, Mutation, Outcome,
+    Peered, ReplicaReply, Replicate, SyncPoint, Token, store_status,
 };
 use crate::peer::{PeerError, Peers, Reply};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::view::ClusterView;
 
 /// Work the task started and awaits concurrently.
@@ -57,6 +59,23 @@ pub(crate) enum Request {
         range: ChunkRange,
         mutation: Mutation<Bytes>,
     },
+    /// A peering or recovery message from the primary.
+    Recovery {
+        from: NodeId,
+        epoch: Epoch,
+        op: RecoveryOp,
+    },
+}
+
+/// The part of a peering/recovery message the PG task handles (reads bypass it).
+#[derive(Debug)]
+pub(crate) enum RecoveryOp {
+    /// List the PG's chunk labels.
+    Labels,
+    /// Apply one step of a chunk copy.
+    Push { chunk: ChunkKey, step: PushStep },
+    /// Our copy matches the primary's history up to `head`.
+    SyncPoint { head: ChunkVersion },
 }
 
 /// One message in a PG task's inbox: a request and where its answer goes.
@@ -73,6 +92,13 @@ enum Parked {
     Read(ClientRead),
     Flush(ClientFlush),
     Replicate(Replicate<Bytes>),
+    SyncPoint(SyncPoint),
+    Recovery {
+        token: Token,
+        from: NodeId,
+        epoch: Epoch,
+        op: RecoveryOp,
+    },
 }
 
 impl Parked {
@@ -82,9 +108,18 @@ impl Parked {
             Parked::Read(read) => read.token,
             Parked::Flush(flush) => flush.token,
             Parked::Replicate(replicate) => replicate.token,
+            Parked::SyncPoint(sync) => sync.token,
+            Parked::Recovery { token, .. } => *token,
         }
     }
 }
+
+/// How long new writes may stay paused for a member's final sync before it is abandoned (and
+/// retried after another pass): bounds the pause clients see.
+const FINAL_SYNC_WAIT_MAX: Duration = Duration::from_secs(3);
+
+/// Pause before a recovery job starts again after a refused or failed final sync.
+const RECOVERY_RESTART_DELAY: Duration = Duration::from_millis(500);
 
 /// What finished among the task's concurrent work.
 #[derive(Debug)]
@@ -100,8 +135,29 @@ enum Event {
         version: u64,
         result: Result<Frame, PeerError>,
     },
-    /// Work that answered its client itself (reads).
+    /// Work that answered its client itself (reads), or a cancelled job.
     Nothing,
+    /// A peering round finished.
+    Peered(Peered),
+    /// Recovery passes left little to copy to `member`.
+    RecoveryReady { member: NodeId, epoch: Epoch },
+    /// The final sync of `member` ended.
+    RecoveryDone {
+        member: NodeId,
+        epoch: Epoch,
+        ok: bool,
+    },
+    /// The bound on a final sync's pause passed.
+    FinalSyncTimeout { member: NodeId, epoch: Epoch },
+}
+
+/// Where a member's final sync stands in this task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FinalPhase {
+    member: NodeId,
+    epoch: Epoch,
+    /// The engine emitted `FinalSync` and the job runs.
+    started: bool,
 }
 
 /// Everything a PG task needs besides its engine.
@@ -118,6 +174,8 @@ pub(crate) struct PgTask {
     pub(crate) view_wait: Duration,
     /// Deadline of one REPLICATE_* call.
     pub(crate) replicate_timeout: Duration,
+    /// The node's recovery bandwidth.
+    pub(crate) throttle: Arc<Throttle>,
 }
 
 /// The running state of a PG task.
@@ -130,6 +188,10 @@ struct Actor {
     work: FuturesUnordered<Work>,
     /// Results that were ready at once, fed to the engine after the current actions.
     ready: VecDeque<Event>,
+    /// Cancels the peering/recovery jobs of `jobs_epoch` when the epoch moves on.
+    jobs: CancellationToken,
+    jobs_epoch: Epoch,
+    final_phase: Option<FinalPhase>,
 }
 
 /// Runs the PG until `cancel` fires or every inbox sender is gone.
@@ -142,7 +204,11 @@ pub(crate) async fn run(task: PgTask, inbox: mpsc::Receiver<Input>, cancel: Canc
         parked: Vec::new(),
         work: FuturesUnordered::new(),
         ready: VecDeque::new(),
+        jobs: CancellationToken::new(),
+        jobs_epoch: Epoch::default(),
+        final_phase: None,
     };
+    actor.jobs_epoch = actor.task.engine.epoch();
     // The view may have moved on between the engine's creation and now.
     actor.task.view.mark_changed();
     actor.run(inbox, cancel).await;
@@ -199,6 +265,13 @@ impl Actor {
             tracing::error!(pg = %self.task.key, %error, "refusing a malformed map");
         }
         let epoch = self.task.engine.epoch();
+        if epoch != self.jobs_epoch {
+            // Peering and recovery belong to their epoch; the engine asks again in this one.
+            self.jobs.cancel();
+            self.jobs = CancellationToken::new();
+            self.jobs_epoch = epoch;
+            self.final_phase = None;
+        }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
             .into_iter()
             .partition(|(wanted, _, _)| *wanted <= epoch);
@@ -257,6 +330,22 @@ impl Actor {
                 range,
                 mutation,
             }),
+            Request::Recovery {
+                from,
+                epoch,
+                op: RecoveryOp::SyncPoint { head },
+            } => Parked::SyncPoint(SyncPoint {
+                token,
+                from,
+                epoch,
+                head,
+            }),
+            Request::Recovery { from, epoch, op } => Parked::Recovery {
+                token,
+                from,
+                epoch,
+                op,
+            },
         };
         self.submit(Instant::now(), parked);
     }
@@ -283,6 +372,40 @@ impl Actor {
                     Some((wanted, Parked::Replicate(request)))
                 }
             },
+            Parked::SyncPoint(sync) => match engine.handle_sync_point(now, sync) {
+                Outcome::Accepted => None,
+                Outcome::MapBehind { wanted, request } => {
+                    Some((wanted, Parked::SyncPoint(request)))
+                }
+            },
+            Parked::Recovery {
+                token,
+                from,
+                epoch,
+                op,
+            } => {
+                let pushing = matches!(op, RecoveryOp::Push { .. });
+                match engine.handle_recovery_request(from, epoch, pushing) {
+                    RecoveryVerdict::Allow => {
+                        self.serve_recovery(token, op);
+                        None
+                    }
+                    RecoveryVerdict::Refuse(status) => {
+                        let reply = error_reply(status, engine.epoch());
+                        self.answer(token, reply);
+                        None
+                    }
+                    RecoveryVerdict::Behind(wanted) => Some((
+                        wanted,
+                        Parked::Recovery {
+                            token,
+                            from,
+                            epoch,
+                            op,
+                        },
+                    )),
+                }
+            }
         };
         if let Some((wanted, request)) = behind {
             self.parked
@@ -342,7 +465,148 @@ impl Actor {
                 );
             }
             Event::Nothing => {}
+            event => self.handle_recovery_event(now, event),
         }
+    }
+
+    /// Peering and recovery job results.
+    fn handle_recovery_event(&mut self, now: Instant, event: Event) {
+        let engine = &mut self.task.engine;
+        match event {
+            Event::Peered(peered) => engine.handle_peered(now, peered),
+            Event::RecoveryReady { member, epoch } => {
+                if engine.handle_recovery_ready(now, member, epoch) {
+                    self.final_phase = Some(FinalPhase {
+                        member,
+                        epoch,
+                        started: false,
+                    });
+                    self.work.push(Box::pin(async move {
+                        tokio::time::sleep(FINAL_SYNC_WAIT_MAX).await;
+                        Event::FinalSyncTimeout { member, epoch }
+                    }));
+                } else {
+                    self.restart_recovery(member, epoch);
+                }
+            }
+            Event::FinalSyncTimeout { member, epoch } => {
+                let waiting = FinalPhase {
+                    member,
+                    epoch,
+                    started: false,
+                };
+                if self.final_phase == Some(waiting) {
+                    tracing::info!(pg = %self.task.key, %member, "writes did not drain in time for the final sync; another pass first");
+                    self.final_phase = None;
+                    engine.handle_recovery_done(now, member, epoch, false);
+                    self.restart_recovery(member, epoch);
+                }
+            }
+            Event::RecoveryDone { member, epoch, ok } => {
+                self.final_phase = None;
+                engine.handle_recovery_done(now, member, epoch, ok);
+                if !ok {
+                    self.restart_recovery(member, epoch);
+                }
+            }
+            Event::LocalDone { .. } | Event::Replied { .. } | Event::Nothing => {}
+        }
+    }
+
+    /// The context recovery jobs of the current epoch run with.
+    fn recovery_ctx(&self) -> RecoveryCtx {
+        RecoveryCtx {
+            key: self.task.key,
+            store: Arc::clone(&self.task.store),
+            peers: Arc::clone(&self.task.peers),
+            view: Arc::clone(&self.task.view.borrow()),
+            chunk_size_bytes: self.task.store.chunk_size_bytes(),
+            throttle: Arc::clone(&self.task.throttle),
+            call_timeout: self.task.replicate_timeout,
+            cancel: self.jobs.clone(),
+        }
+    }
+
+    /// Starts recovery passes for `member` (after `delay`), cancelled with the epoch.
+    fn start_recovery(&mut self, member: NodeId, epoch: Epoch, delay: Duration) {
+        let ctx = self.recovery_ctx();
+        self.work.push(Box::pin(async move {
+            tokio::select! {
+                () = ctx.cancel.cancelled() => return Event::Nothing,
+                () = tokio::time::sleep(delay) => {}
+            }
+            if ctx.recover(member, epoch).await {
+                Event::RecoveryReady { member, epoch }
+            } else {
+                Event::Nothing
+            }
+        }));
+    }
+
+    /// Starts recovery of `member` again if it still needs it in this epoch.
+    fn restart_recovery(&mut self, member: NodeId, epoch: Epoch) {
+        let needs = self
+            .task
+            .engine
+            .members()
+            .iter()
+            .any(|(node, sync)| *node == member && *sync == MemberSync::NeedsRecovery);
+        if needs && epoch == self.task.engine.epoch() {
+            self.start_recovery(member, epoch, RECOVERY_RESTART_DELAY);
+        }
+    }
+
+    /// Serves a peering query or recovery push the engine allowed.
+    fn serve_recovery(&mut self, token: Token, op: RecoveryOp) {
+        let Some(responder) = self.responders.remove(&token) else {
+            debug_assert!(false, "recovery request for an unknown token");
+            return;
+        };
+        let store = Arc::clone(&self.task.store);
+        let view = Arc::clone(&self.task.view.borrow());
+        let key = self.task.key;
+        let epoch = self.task.engine.epoch();
+        self.work.push(Box::pin(async move {
+            let result: Result<Bytes, StoreError> = async {
+                match op {
+                    RecoveryOp::Labels => {
+                        let chunks = store.list_chunks().await?;
+                        let labels = pg_labels(&view, key, &chunks).into_iter().collect();
+                        let reply = RecoveryReply::Labels(labels);
+                        Ok(postcard::to_stdvec(&reply)
+                            .map(Bytes::from)
+                            .unwrap_or_default())
+                    }
+                    RecoveryOp::Push { chunk, step } => {
+                        match step {
+                            PushStep::Delete => store.delete_chunk(chunk).await?,
+                            PushStep::Write {
+                                offset,
+                                label,
+                                data,
+                            } => store.write(chunk, offset, Bytes::from(data), label).await?,
+                            PushStep::Unmap { offset, len, label } => {
+                                store.trim(chunk, offset, len, label).await?
+                            }
+                        }
+                        Ok(Bytes::new())
+                    }
+                    // Handled by the engine.
+                    RecoveryOp::SyncPoint { .. } => Ok(Bytes::new()),
+                }
+            }
+            .await;
+            let reply = match result {
+                Ok(payload) => Reply::ok(epoch, payload),
+                Err(error) => {
+                    tracing::warn!(pg = %key, %error, "recovery request failed in the store");
+                    error_reply(store_status(&error), epoch)
+                }
+            };
+            // The primary may be gone; nothing to do then.
+            let _ = responder.send(reply);
+            Event::Nothing
+        }));
     }
 
     /// Performs the engine's actions in emission order, then feeds results that were ready at
@@ -395,6 +659,9 @@ impl Actor {
                     epoch,
                 });
             }
+            action @ (Action::Peer { .. } | Action::Recover { .. } | Action::FinalSync { .. }) => {
+                self.perform_recovery_action(action);
+            }
             Action::StopServing { status } => {
                 tracing::error!(pg = %self.task.key, drive = %self.task.drive, ?status, "PG stopped on this node: local store failed");
                 self.report(FailureReport::Drive {
@@ -404,6 +671,43 @@ impl Actor {
                     status,
                 });
             }
+        }
+    }
+
+    /// Starts the job a peering or recovery action asks for.
+    fn perform_recovery_action(&mut self, action: Action<Bytes>) {
+        match action {
+            Action::Peer { epoch, members } => {
+                let ctx = self.recovery_ctx();
+                tracing::info!(pg = %self.task.key, %epoch, ?members, "peering");
+                self.work.push(Box::pin(async move {
+                    match ctx.peer(epoch, members).await {
+                        Some(peered) => Event::Peered(peered),
+                        None => Event::Nothing,
+                    }
+                }));
+            }
+            Action::Recover { member, epoch } => {
+                tracing::info!(pg = %self.task.key, %member, %epoch, "recovering member");
+                self.start_recovery(member, epoch, Duration::ZERO);
+            }
+            Action::FinalSync {
+                member,
+                epoch,
+                head,
+            } => {
+                self.final_phase = Some(FinalPhase {
+                    member,
+                    epoch,
+                    started: true,
+                });
+                let ctx = self.recovery_ctx();
+                self.work.push(Box::pin(async move {
+                    let ok = ctx.final_sync(member, epoch, head).await;
+                    Event::RecoveryDone { member, epoch, ok }
+                }));
+            }
+            _ => debug_assert!(false, "not a recovery action"),
         }
     }
 

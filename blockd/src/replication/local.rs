@@ -40,6 +40,16 @@ impl Local {
         self.head
     }
 
+    /// Moves the head to `head` (peering adopted it, or a primary declared this copy level
+    /// with it). Nothing may be in flight: the store's labels are what was compared.
+    pub(crate) fn reset(&mut self, head: ChunkVersion) {
+        assert!(
+            self.in_flight.is_empty(),
+            "head reset with writes in flight"
+        );
+        self.head = head;
+    }
+
     /// Records that `version` (the next one) was submitted.
     pub(crate) fn submit(&mut self, version: ChunkVersion) {
         assert_eq!(

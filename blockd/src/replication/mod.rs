@@ -30,6 +30,9 @@ mod local;
 mod log;
 mod pg;
 mod primary;
+mod recovery;
+mod recovery_msg;
+mod recovery_plan;
 mod replica;
 mod service;
 mod types;
@@ -44,16 +47,21 @@ pub use block_status::{
     check_runs,
 };
 pub use log::{LogEntry, PgLog};
-pub use pg::{Lease, PgEngine};
+pub use pg::{Lease, PgEngine, RecoveryVerdict};
+pub use recovery::{FINAL_FIXES_MAX, Throttle};
+pub use recovery_msg::{
+    PgRef, PushStep, RECOVERY_PIECE_BYTES_MAX, RECOVERY_VERSION, RecoveryReply, RecoveryRequest,
+};
+pub use recovery_plan::{ChunkFix, Labels, PeeringPlan, diff, level_members, plan_peering};
 pub use service::{
-    FailureReport, PG_INBOX_DEPTH_DEFAULT, PgKey, ReplicationConfig, ReplicationError,
-    ReplicationService, VIEW_WAIT_DEFAULT,
+    FailureReport, PG_INBOX_DEPTH_DEFAULT, PgKey, RECOVERY_BYTES_PER_SEC_DEFAULT,
+    ReplicationConfig, ReplicationError, ReplicationService, VIEW_WAIT_DEFAULT,
 };
 pub use types::{
     ACKS_WAITING_MAX_DEFAULT, Action, ChunkRange, ClientFlush, ClientRead, ClientWrite,
-    DEPARTED_MEMBERS_MAX, DUPLICATE_TOKENS_MAX, EngineError, GAP_TIMEOUT_DEFAULT,
-    LOG_ENTRIES_MAX_DEFAULT, Limits, MapView, MemberSync, Mutation, OP_TIMEOUT_DEFAULT,
-    OPS_PENDING_MAX_DEFAULT, OPS_WAITING_MAX_DEFAULT, OpKind, Outcome, PgConfig, PgState,
+    DUPLICATE_TOKENS_MAX, EngineError, GAP_TIMEOUT_DEFAULT, LOG_ENTRIES_MAX_DEFAULT, Limits,
+    MapView, MemberSync, Mutation, OP_TIMEOUT_DEFAULT, OPS_PENDING_MAX_DEFAULT,
+    OPS_WAITING_MAX_DEFAULT, OpKind, Outcome, Peered, PgConfig, PgState,
     REPLICA_BUFFER_BYTES_MAX_DEFAULT, REPLICA_BUFFER_OPS_MAX_DEFAULT, RETRY_BACKOFF_DEFAULT,
-    ReplicaReply, Replicate, Token, store_status,
+    ReplicaReply, Replicate, SyncPoint, Token, store_status,
 };

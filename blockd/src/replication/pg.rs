@@ -13,8 +13,20 @@ use super::primary::Primary;
 use super::replica::Replica;
 use super::types::{
     Action, ChunkRange, ClientFlush, ClientRead, ClientWrite, EngineError, MapView, MemberSync,
-    Mutation, Outcome, PgConfig, PgState, ReplicaReply, Replicate, Token,
+    Mutation, Outcome, Peered, PgConfig, PgState, ReplicaReply, Replicate, SyncPoint, Token,
 };
+
+/// What a member does with a peering query or recovery push (see
+/// [`PgEngine::handle_recovery_request`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryVerdict {
+    /// Serve it.
+    Allow,
+    /// The request's epoch is newer than our map: wait for it, then ask again.
+    Behind(Epoch),
+    /// Answer with this status (`StaleEpoch` carries our epoch).
+    Refuse(Status),
+}
 
 /// The read lease a primary holds from the metadata service (DESIGN §4).
 ///
@@ -73,6 +85,12 @@ impl<P: Clone> Shared<P> {
             range,
             mutation,
         });
+    }
+
+    /// Moves the local head (and the log's start) to `head`; nothing may be in flight.
+    pub(crate) fn reset_head(&mut self, head: ChunkVersion) {
+        self.local.reset(head);
+        self.log = PgLog::new(self.config.limits.log_entries_max, head.version);
     }
 
     /// The epoch of the map.
@@ -151,16 +169,15 @@ impl<P: Clone> PgEngine<P> {
     /// The role the current map gives this node, entered fresh (no earlier role to carry over).
     fn role_for_map(&mut self, now: Instant) -> Role<P> {
         let me = self.shared.config.node;
+        let _ = now;
         if self.shared.map.primary() == Some(me) {
             let mut primary = Primary::new(&self.shared);
-            // Peering (issue 5) would start here and end when every member's log head is in.
-            // Without it a new primary adopts its own head at once.
-            primary.finish_peering(&mut self.shared, now);
+            primary.start_peering(&mut self.shared);
             Role::Primary(primary)
         } else if let (true, Some(primary)) =
             (self.shared.map.contains(me), self.shared.map.primary())
         {
-            Role::Replica(Replica::new(primary))
+            Role::Replica(Replica::new(primary, false))
         } else {
             Role::Stray
         }
@@ -304,6 +321,81 @@ impl<P: Clone> PgEngine<P> {
         }
         if let Role::Primary(primary) = &mut self.role {
             primary.local_durable(&mut self.shared);
+            primary.start_peering(&mut self.shared);
+        }
+    }
+
+    /// Peering (started by [`Action::Peer`]) finished in `peered.epoch`. Ignored unless this
+    /// node is still peering as primary in that epoch.
+    pub fn handle_peered(&mut self, now: Instant, peered: Peered) {
+        if let Role::Primary(primary) = &mut self.role {
+            primary.peered(&mut self.shared, now, peered);
+        }
+    }
+
+    /// A recovery pass found little left to copy to `member`: the primary pauses new writes
+    /// and emits [`Action::FinalSync`] once none is in flight. False if refused (not primary,
+    /// another epoch, the member does not need recovery, or another member is finishing).
+    pub fn handle_recovery_ready(&mut self, _now: Instant, member: NodeId, epoch: Epoch) -> bool {
+        match &mut self.role {
+            Role::Primary(primary) => primary.recovery_ready(&mut self.shared, member, epoch),
+            _ => false,
+        }
+    }
+
+    /// The final sync of `member` ended (`ok`: every chunk matches and it accepted the sync
+    /// point). Writes resume; on success the member is back in the write path.
+    pub fn handle_recovery_done(&mut self, now: Instant, member: NodeId, epoch: Epoch, ok: bool) {
+        if let Role::Primary(primary) = &mut self.role {
+            primary.recovery_done(&mut self.shared, now, member, epoch, ok);
+        }
+    }
+
+    /// A peering query or recovery push from `from` in `epoch`: allowed when `from` is this
+    /// node's primary in that epoch. A push (`recovering`) also stops the replica applying
+    /// writes until the next sync point.
+    pub fn handle_recovery_request(
+        &mut self,
+        from: NodeId,
+        epoch: Epoch,
+        recovering: bool,
+    ) -> RecoveryVerdict {
+        if let Role::Failed(status) = self.role {
+            return RecoveryVerdict::Refuse(status);
+        }
+        let own = self.shared.epoch();
+        if epoch > own {
+            return RecoveryVerdict::Behind(epoch);
+        }
+        if epoch < own {
+            return RecoveryVerdict::Refuse(Status::StaleEpoch);
+        }
+        match &mut self.role {
+            Role::Replica(replica) if replica.primary() == from => {
+                if recovering {
+                    replica.recovery_started(&mut self.shared);
+                }
+                RecoveryVerdict::Allow
+            }
+            _ => RecoveryVerdict::Refuse(Status::NotPrimary),
+        }
+    }
+
+    /// A sync point from the primary (see [`SyncPoint`]).
+    pub fn handle_sync_point(&mut self, _now: Instant, request: SyncPoint) -> Outcome<SyncPoint> {
+        match self.gate(request.token, request.epoch) {
+            Gate::Behind => Outcome::MapBehind {
+                wanted: request.epoch,
+                request,
+            },
+            Gate::Answered => Outcome::Accepted,
+            Gate::Pass => {
+                match &mut self.role {
+                    Role::Replica(replica) => replica.sync_point(&mut self.shared, request),
+                    _ => self.shared.reply(request.token, Status::NotPrimary),
+                }
+                Outcome::Accepted
+            }
         }
     }
 
@@ -347,7 +439,14 @@ impl<P: Clone> PgEngine<P> {
             Role::Replica(mut replica) => {
                 // Buffered writes carry the old epoch: the primary re-sends them under the new.
                 replica.drop_all(&mut self.shared, Status::StaleEpoch);
-                self.role_for_map(now)
+                let same_primary = self.shared.map.primary() == Some(replica.primary())
+                    && self.shared.map.contains(me);
+                if same_primary {
+                    // Still following the same primary: our copy is as level as it was.
+                    Role::Replica(Replica::new(replica.primary(), replica.synced()))
+                } else {
+                    self.role_for_map(now)
+                }
             }
             Role::Stray => self.role_for_map(now),
         };

@@ -5,6 +5,10 @@
 //! assignment that are still in the acting set) acknowledged it, and (3) the copies on members
 //! of the *current* acting set, this node included, number at least `min_size`. Members that
 //! join later are not part of it; members that leave stop being waited for.
+//!
+//! A new primary peers before it serves ([`Action::Peer`]); members that may lack writes are
+//! recovered ([`Action::Recover`]) and rejoin the write path at a version boundary reached by
+//! pausing new writes until none is in flight ([`Action::FinalSync`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
@@ -14,8 +18,8 @@ use basalt::wire::Status;
 
 use super::pg::Shared;
 use super::types::{
-    Action, ClientFlush, ClientRead, ClientWrite, DEPARTED_MEMBERS_MAX, MapView, MemberSync,
-    PgState, ReplicaReply, Token,
+    Action, ClientFlush, ClientRead, ClientWrite, MapView, MemberSync, Peered, PgState,
+    ReplicaReply, Token,
 };
 
 /// Another member of the acting set, as the primary tracks it.
@@ -23,8 +27,17 @@ use super::types::{
 struct Member {
     node: NodeId,
     sync: MemberSync,
-    /// Lowest version that left `pending` (timed out) without this member's acknowledgement.
-    missed_from: Option<u64>,
+    /// The epoch a [`Action::Recover`] was last emitted for it in.
+    recover_emitted: Option<Epoch>,
+}
+
+/// A member on its way back into the write path: new writes wait until none is in flight,
+/// then the shell copies what still differs and sends the member a sync point.
+#[derive(Debug)]
+struct FinalSync {
+    member: NodeId,
+    /// [`Action::FinalSync`] went out.
+    emitted: bool,
 }
 
 /// A member a pending write still waits for.
@@ -87,12 +100,14 @@ struct Retry {
 /// State of the primary role.
 #[derive(Debug)]
 pub(crate) struct Primary<P> {
-    /// Serving is held until peering completes (issue 5; immediate for now).
+    /// Serving is held until peering completes.
     peering: bool,
+    /// The epoch an [`Action::Peer`] was emitted for.
+    peer_emitted: Option<Epoch>,
     /// The other acting members, in map order.
     members: Vec<Member>,
-    /// Members that left, with how far they were known in sync (bounded, oldest dropped).
-    departed: VecDeque<(NodeId, Option<u64>)>,
+    /// The member being brought back into the write path, if any.
+    final_sync: Option<FinalSync>,
     pending: BTreeMap<u64, PendingOp<P>>,
     deadlines: BTreeSet<(Instant, u64)>,
     waiting: VecDeque<Waiting<P>>,
@@ -104,8 +119,8 @@ pub(crate) struct Primary<P> {
 }
 
 impl<P: Clone> Primary<P> {
-    /// A primary in the `Peering` state for the current map. Every other member is assumed in
-    /// sync: issue 5's peering replaces that assumption with the members' log heads.
+    /// A primary in the `Peering` state for the current map. No member counts as a copy
+    /// until peering has compared it with the adopted history.
     pub(crate) fn new(shared: &Shared<P>) -> Self {
         let me = shared.config.node;
         let members = shared
@@ -115,14 +130,15 @@ impl<P: Clone> Primary<P> {
             .filter(|node| **node != me)
             .map(|node| Member {
                 node: *node,
-                sync: MemberSync::InSync,
-                missed_from: None,
+                sync: MemberSync::NeedsRecovery,
+                recover_emitted: None,
             })
             .collect();
         Self {
             peering: true,
+            peer_emitted: None,
             members,
-            departed: VecDeque::new(),
+            final_sync: None,
             pending: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             waiting: VecDeque::new(),
@@ -132,17 +148,139 @@ impl<P: Clone> Primary<P> {
         }
     }
 
-    /// Leaves `Peering` and serves what queued meanwhile.
-    ///
-    /// Issue 5 calls this only once every acting member reported its log head, the longest
-    /// history was adopted (this node's head moved to it) and divergent members were marked
-    /// for recovery; and after the previous primary's read lease ran out.
-    pub(crate) fn finish_peering(&mut self, shared: &mut Shared<P>, now: Instant) {
+    /// Asks the shell to peer in the current epoch, once nothing is in flight locally (a
+    /// node that was a replica may still be applying its old primary's writes, and peering
+    /// compares what the store holds).
+    pub(crate) fn start_peering(&mut self, shared: &mut Shared<P>) {
+        let epoch = shared.epoch();
+        if !self.peering || self.peer_emitted == Some(epoch) {
+            return;
+        }
+        if shared.local.durable_through() != shared.local.head().version {
+            return;
+        }
+        self.peer_emitted = Some(epoch);
+        let members = self.members.iter().map(|m| m.node).collect();
+        shared.actions.push_back(Action::Peer { epoch, members });
+    }
+
+    /// Peering finished: adopt its head, count the members it found level, start recovering
+    /// the others, and serve what queued meanwhile.
+    pub(crate) fn peered(&mut self, shared: &mut Shared<P>, now: Instant, peered: Peered) {
+        if !self.peering || peered.epoch != shared.epoch() {
+            return;
+        }
         debug_assert!(
             self.pending.is_empty(),
             "a peering primary has assigned nothing"
         );
+        let head = peered.head.max(shared.local.head());
+        shared.reset_head(head);
+        for member in &mut self.members {
+            member.sync = if peered.in_sync.contains(&member.node) {
+                MemberSync::InSync
+            } else {
+                MemberSync::NeedsRecovery
+            };
+        }
+        tracing::info!(pg = %shared.config.pg, epoch = %peered.epoch, %head, in_sync = ?peered.in_sync, "peering done");
         self.peering = false;
+        self.request_recovery(shared);
+        self.pump(shared, now);
+    }
+
+    /// Emits [`Action::Recover`] for every member that needs recovery and has none running
+    /// in the current epoch.
+    fn request_recovery(&mut self, shared: &mut Shared<P>) {
+        if self.peering {
+            return;
+        }
+        let epoch = shared.epoch();
+        for member in &mut self.members {
+            if member.sync == MemberSync::NeedsRecovery && member.recover_emitted != Some(epoch) {
+                member.recover_emitted = Some(epoch);
+                shared.actions.push_back(Action::Recover {
+                    member: member.node,
+                    epoch,
+                });
+            }
+        }
+    }
+
+    /// Takes `node` out of the write path: it may lack a write (it timed out, or says it is
+    /// not in sync). Writes in flight stop waiting for it; recovery brings it back.
+    fn demote(&mut self, shared: &mut Shared<P>, node: NodeId) {
+        let Some(member) = self.members.iter_mut().find(|m| m.node == node) else {
+            return;
+        };
+        if member.sync == MemberSync::InSync {
+            tracing::warn!(pg = %shared.config.pg, %node, "member out of the write path until recovered");
+            member.sync = MemberSync::NeedsRecovery;
+        }
+        for op in self.pending.values_mut() {
+            op.waiting.retain(|w| w.node != node);
+        }
+        self.retries.retain(|retry| retry.node != node);
+        self.request_recovery(shared);
+    }
+
+    /// A recovery pass found little left to copy to `member`: pause new writes and, once none
+    /// is in flight, emit [`Action::FinalSync`]. False (and nothing changes) when the member
+    /// does not need recovery in this epoch or another member is finishing.
+    pub(crate) fn recovery_ready(
+        &mut self,
+        shared: &mut Shared<P>,
+        member: NodeId,
+        epoch: Epoch,
+    ) -> bool {
+        let needs = self
+            .members
+            .iter()
+            .any(|m| m.node == member && m.sync == MemberSync::NeedsRecovery);
+        if self.peering || epoch != shared.epoch() || self.final_sync.is_some() || !needs {
+            return false;
+        }
+        self.final_sync = Some(FinalSync {
+            member,
+            emitted: false,
+        });
+        self.maybe_final_sync(shared);
+        true
+    }
+
+    fn maybe_final_sync(&mut self, shared: &mut Shared<P>) {
+        let Some(final_sync) = &mut self.final_sync else {
+            return;
+        };
+        if final_sync.emitted || !self.pending.is_empty() {
+            return;
+        }
+        final_sync.emitted = true;
+        shared.actions.push_back(Action::FinalSync {
+            member: final_sync.member,
+            epoch: shared.epoch(),
+            head: shared.local.head(),
+        });
+    }
+
+    /// The final sync of `member` ended: on success it is in sync at the head it was given
+    /// (no write was assigned since); either way new writes resume.
+    pub(crate) fn recovery_done(
+        &mut self,
+        shared: &mut Shared<P>,
+        now: Instant,
+        member: NodeId,
+        epoch: Epoch,
+        ok: bool,
+    ) {
+        if epoch != shared.epoch() || self.final_sync.as_ref().map(|f| f.member) != Some(member) {
+            return;
+        }
+        self.final_sync = None;
+        if ok && let Some(m) = self.members.iter_mut().find(|m| m.node == member) {
+            tracing::info!(pg = %shared.config.pg, node = %member, head = %shared.local.head(), "member recovered, back in the write path");
+            m.sync = MemberSync::InSync;
+        }
         self.pump(shared, now);
     }
 
@@ -155,7 +293,9 @@ impl<P: Clone> Primary<P> {
     }
 
     fn can_assign(&self, shared: &Shared<P>) -> bool {
-        !self.peering && self.in_sync_copies() >= usize::from(shared.map.min_size)
+        !self.peering
+            && self.final_sync.is_none()
+            && self.in_sync_copies() >= usize::from(shared.map.min_size)
     }
 
     fn can_read(&self, shared: &Shared<P>, now: Instant) -> bool {
@@ -340,6 +480,7 @@ impl<P: Clone> Primary<P> {
         }
         self.check_flushes(shared);
         self.pump_writes(shared);
+        self.maybe_final_sync(shared);
     }
 
     fn try_complete_all(&mut self, shared: &mut Shared<P>) {
@@ -408,6 +549,10 @@ impl<P: Clone> Primary<P> {
                 }
             }
             Status::Busy | Status::Timeout => self.schedule_retry(shared, now, reply),
+            Status::Unsynced => {
+                self.demote(shared, reply.from);
+                self.try_complete_all(shared);
+            }
             status => {
                 tracing::warn!(pg = %shared.config.pg, node = %reply.from, ?status, "replica failed a write");
                 self.report(shared, reply.from);
@@ -443,53 +588,20 @@ impl<P: Clone> Primary<P> {
         }
     }
 
-    /// Every version up to the returned one is known durable on `member`.
-    fn synced_through(&self, shared: &Shared<P>, member: &Member) -> Option<u64> {
-        let recorded = match member.sync {
-            MemberSync::InSync => Some(shared.local.head().version),
-            MemberSync::NeedsRecovery { synced_through } => synced_through,
-        };
-        let missed = member.missed_from.map(|version| version - 1);
-        let unacked = self
-            .pending
-            .iter()
-            .find(|(_, op)| op.waiting.iter().any(|w| w.node == member.node))
-            .map(|(version, _)| version - 1);
-        [recorded, missed, unacked]
-            .into_iter()
-            .flatten()
-            .min()
-            .filter(|_| recorded.is_some())
-    }
-
-    /// How a member that (re)joins the acting set stands.
-    fn rejoin_sync(&mut self, shared: &Shared<P>, node: NodeId) -> MemberSync {
-        let synced_through = match self.departed.iter().position(|(n, _)| *n == node) {
-            Some(index) => self.departed.remove(index).and_then(|(_, through)| through),
-            None => None,
-        };
-        if synced_through == Some(shared.local.head().version) {
-            MemberSync::InSync
-        } else {
-            MemberSync::NeedsRecovery { synced_through }
-        }
-    }
-
     /// The map changed and this node is still the primary.
     pub(crate) fn map_changed(&mut self, shared: &mut Shared<P>, now: Instant, old: &MapView) {
         debug_assert!(shared.map.epoch > old.epoch);
         self.reported.clear();
+        // A final sync belongs to its epoch: the shell abandons it, writes resume, and the
+        // member's recovery starts again in the new epoch.
+        self.final_sync = None;
         let me = shared.config.node;
         for member in std::mem::take(&mut self.members) {
             if shared.map.contains(member.node) {
                 self.members.push(member);
                 continue;
             }
-            let through = self.synced_through(shared, &member);
-            if self.departed.len() == DEPARTED_MEMBERS_MAX {
-                self.departed.pop_front();
-            }
-            self.departed.push_back((member.node, through));
+            tracing::info!(pg = %shared.config.pg, node = %member.node, "member left the acting set");
             for op in self.pending.values_mut() {
                 op.waiting.retain(|w| w.node != member.node);
             }
@@ -499,17 +611,21 @@ impl<P: Clone> Primary<P> {
             .filter(|node| *node != me && !self.members.iter().any(|m| m.node == *node))
             .collect();
         for node in arrivals {
-            let sync = self.rejoin_sync(shared, node);
-            tracing::info!(pg = %shared.config.pg, %node, ?sync, "member joined the acting set");
+            tracing::info!(pg = %shared.config.pg, %node, "member joined the acting set; recovering it");
             self.members.push(Member {
                 node,
-                sync,
-                missed_from: None,
+                sync: MemberSync::NeedsRecovery,
+                recover_emitted: None,
             });
         }
         let order = &shared.map.acting;
         self.members
             .sort_by_key(|m| order.iter().position(|node| *node == m.node));
+        if self.peering {
+            // Peer again with the new membership; the old round's result is ignored.
+            self.start_peering(shared);
+        }
+        self.request_recovery(shared);
         self.resend_stale(shared);
         self.try_complete_all(shared);
         self.pump(shared, now);
@@ -563,20 +679,21 @@ impl<P: Clone> Primary<P> {
             }
         }
         self.run_retries(shared, now);
+        self.try_complete_all(shared);
         self.check_flushes(shared);
         self.pump_writes(shared);
+        self.maybe_final_sync(shared);
     }
 
     /// A write missed its deadline: its outcome is unknown to the client. Members that never
-    /// acknowledged it may lack it, so they are reported and can no longer rejoin as in sync.
+    /// acknowledged it may lack it: they are reported and leave the write path until
+    /// recovered (later writes could not be applied in order without it).
     fn expire(&mut self, shared: &mut Shared<P>, version: u64, op: PendingOp<P>) {
         tracing::warn!(pg = %shared.config.pg, version, waiting = op.waiting.len(), "write timed out");
         shared.reply(op.token, Status::Timeout);
         for waited in &op.waiting {
-            if let Some(member) = self.members.iter_mut().find(|m| m.node == waited.node) {
-                member.missed_from = Some(member.missed_from.map_or(version, |m| m.min(version)));
-            }
             self.report(shared, waited.node);
+            self.demote(shared, waited.node);
         }
     }
 
@@ -614,7 +731,7 @@ impl<P> Primary<P> {
         } else if in_sync < usize::from(shared.map.min_size) {
             PgState::Inactive
         } else if in_sync <= self.members.len() {
-            PgState::Degraded
+            PgState::Recovering
         } else {
             PgState::Active
         }

@@ -5,6 +5,11 @@
 //! deadline passes; a copy of a version already submitted is a duplicate (a re-send) and is
 //! answered once that version is durable. Every answer `Ok` means "durable here together with
 //! every earlier version".
+//!
+//! A replica applies nothing until its primary has told it, with a [`SyncPoint`], that its copy
+//! matches the primary's history (after peering or recovery); before that, and after any
+//! recovery push, it answers [`Status::Unsynced`]. A replica that restarted, or one whose
+//! primary changed, therefore never counts as a copy by accident.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -13,7 +18,7 @@ use basalt::ids::{ChunkVersion, NodeId};
 use basalt::wire::Status;
 
 use super::pg::Shared;
-use super::types::{DUPLICATE_TOKENS_MAX, Mutation, Replicate, Token};
+use super::types::{DUPLICATE_TOKENS_MAX, Mutation, Replicate, SyncPoint, Token};
 
 /// A copy that arrived ahead of a missing version.
 #[derive(Debug)]
@@ -28,6 +33,9 @@ struct Buffered<P> {
 pub(crate) struct Replica<P> {
     /// The primary of the current map: the only node whose copies are accepted.
     primary: NodeId,
+    /// The primary confirmed our copy matches its history (a [`SyncPoint`]) and has not
+    /// started recovering it since.
+    synced: bool,
     buffer: BTreeMap<u64, Buffered<P>>,
     buffered_bytes: u64,
     /// When the buffered copies are dropped if the gap before them has not filled.
@@ -42,9 +50,11 @@ fn payload_bytes<P>(request: &Replicate<P>) -> u64 {
 }
 
 impl<P: Clone> Replica<P> {
-    pub(crate) fn new(primary: NodeId) -> Self {
+    /// A replica of `primary`; `synced` only when continuing under the same primary.
+    pub(crate) fn new(primary: NodeId, synced: bool) -> Self {
         Self {
             primary,
+            synced,
             buffer: BTreeMap::new(),
             buffered_bytes: 0,
             gap_deadline: None,
@@ -64,6 +74,10 @@ impl<P: Clone> Replica<P> {
         if !valid {
             tracing::warn!(pg = %shared.config.pg, from = %request.from, version = request.version, "refusing invalid replicate");
             shared.reply(request.token, Status::Invalid);
+            return;
+        }
+        if !self.synced {
+            shared.reply(request.token, Status::Unsynced);
             return;
         }
         let head = shared.local.head().version;
@@ -87,6 +101,45 @@ impl<P: Clone> Replica<P> {
         } else {
             self.hold(shared, now, request);
         }
+    }
+
+    /// The primary this replica follows.
+    pub(crate) fn primary(&self) -> NodeId {
+        self.primary
+    }
+
+    /// Whether the primary's writes are applied (see [`SyncPoint`]).
+    pub(crate) fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The primary starts copying chunks here: stop applying its writes until it sends a
+    /// sync point (a write applied into a chunk being copied could leave the copy's label
+    /// claiming data it lacks).
+    pub(crate) fn recovery_started(&mut self, shared: &mut Shared<P>) {
+        if self.synced {
+            tracing::info!(pg = %shared.config.pg, primary = %self.primary, "primary is recovering this copy");
+        }
+        self.synced = false;
+        self.drop_all(shared, Status::Unsynced);
+    }
+
+    /// A sync point from the primary: our copy matches its history up to `head`.
+    pub(crate) fn sync_point(&mut self, shared: &mut Shared<P>, request: SyncPoint) {
+        if request.from != self.primary {
+            shared.reply(request.token, Status::Invalid);
+            return;
+        }
+        if shared.local.durable_through() != shared.local.head().version {
+            // Our own earlier applies are still landing: the primary retries shortly.
+            shared.reply(request.token, Status::Busy);
+            return;
+        }
+        self.drop_all(shared, Status::Unsynced);
+        shared.reset_head(request.head);
+        self.synced = true;
+        tracing::info!(pg = %shared.config.pg, primary = %self.primary, head = %request.head, "in sync with the primary");
+        shared.reply(request.token, Status::Ok);
     }
 
     fn apply(shared: &mut Shared<P>, request: Replicate<P>, tokens: &[Token]) {

@@ -15,20 +15,24 @@ use std::time::{Duration, Instant};
 use basalt::ids::{ChunkKey, ChunkVersion, DriveId, Epoch, NodeId, PgId, VolumeId};
 use basalt::placement::{PoolId, pg_of};
 use basalt::units::SECTOR_SIZE_BYTES;
-use basalt::wire::{Bytes, Frame, Header, Opcode, Status};
+use basalt::wire::{Bytes, ControlKind, Frame, Header, Opcode, Status};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::actor::{self, Input, PgTask, Request, error_reply};
+use super::actor::{self, Input, PgTask, RecoveryOp, Request, error_reply};
 use super::block_status::{
     AllocationRun, BLOCK_STATUS_VERSION, BlockStatusReply, BlockStatusRequest,
 };
 use super::pg::PgEngine;
+use super::recovery::Throttle;
+use super::recovery_msg::{
+    RECOVERY_PIECE_BYTES_MAX, RECOVERY_VERSION, RecoveryReply, RecoveryRequest,
+};
 use super::types::{
     ChunkRange, EngineError, Limits, MapView, Mutation, OpKind, PgConfig, store_status,
 };
-use crate::peer::{BoxFuture, ControlHandler, IoHandler, Peers, Reply};
+use crate::peer::{BoxFuture, ControlHandler, IoHandler, Peers, Reply, Router};
 use crate::store::{Store, StoreError};
 use crate::view::{ClusterView, MapWatch};
 
@@ -68,7 +72,14 @@ pub struct ReplicationConfig {
     pub view_wait: Duration,
     /// See [`PG_INBOX_DEPTH_DEFAULT`].
     pub pg_inbox_depth: usize,
+    /// Bytes per second all of this node's recovery copies share (0: unlimited). See
+    /// [`RECOVERY_BYTES_PER_SEC_DEFAULT`].
+    pub recovery_bytes_per_sec: u64,
 }
+
+/// Default recovery bandwidth of a node: well below a drive's and a 10 GbE link's, so client
+/// I/O keeps most of both while a returning member catches up.
+pub const RECOVERY_BYTES_PER_SEC_DEFAULT: u64 = 256 * 1024 * 1024;
 
 impl ReplicationConfig {
     /// Defaults for `node`.
@@ -78,6 +89,7 @@ impl ReplicationConfig {
             limits: Limits::default(),
             view_wait: VIEW_WAIT_DEFAULT,
             pg_inbox_depth: PG_INBOX_DEPTH_DEFAULT,
+            recovery_bytes_per_sec: RECOVERY_BYTES_PER_SEC_DEFAULT,
         }
     }
 }
@@ -216,6 +228,7 @@ struct Inner {
     failures: mpsc::Sender<FailureReport>,
     table: RwLock<Table>,
     heads: Mutex<Heads>,
+    throttle: Arc<Throttle>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -273,6 +286,7 @@ impl ReplicationService {
             }
         }
         let current = Arc::clone(&view.borrow());
+        let throttle = Arc::new(Throttle::new(config.recovery_bytes_per_sec));
         let inner = Arc::new(Inner {
             config,
             stores,
@@ -285,6 +299,7 @@ impl ReplicationService {
                 pgs: HashMap::new(),
             }),
             heads: Mutex::new(heads),
+            throttle,
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
@@ -297,6 +312,18 @@ impl ReplicationService {
     /// This node.
     pub fn node(&self) -> NodeId {
         self.inner.config.node
+    }
+
+    /// Adds the service's handlers to a peer router: replication I/O, block status, and
+    /// peering/recovery messages.
+    pub fn routes(self: &Arc<Self>, router: Router) -> Router {
+        router
+            .with_io(Arc::clone(self) as _)
+            .with_control(ControlKind::BLOCK_STATUS, Arc::clone(self) as _)
+            .with_control(
+                ControlKind::PG_RECOVERY,
+                Arc::new(RecoveryControl(Arc::clone(&self.inner))),
+            )
     }
 
     /// The PGs this node runs an engine for.
@@ -342,6 +369,30 @@ impl ControlHandler for ReplicationService {
             let request: BlockStatusRequest =
                 postcard::from_bytes(&body).map_err(|_| Status::Invalid)?;
             let reply = self.inner.block_status(request).await;
+            postcard::to_stdvec(&reply)
+                .map(Bytes::from)
+                .map_err(|_| Status::IoError)
+        })
+    }
+}
+
+/// Serves [`ControlKind::PG_RECOVERY`] (see `recovery_msg`).
+struct RecoveryControl(Arc<Inner>);
+
+impl ControlHandler for RecoveryControl {
+    fn handle_control(
+        &self,
+        peer: NodeId,
+        version: u16,
+        body: Bytes,
+    ) -> BoxFuture<'_, Result<Bytes, Status>> {
+        Box::pin(async move {
+            if version != RECOVERY_VERSION {
+                return Err(Status::Unsupported);
+            }
+            let request: RecoveryRequest =
+                postcard::from_bytes(&body).map_err(|_| Status::Invalid)?;
+            let reply = self.0.recovery(peer, request).await;
             postcard::to_stdvec(&reply)
                 .map(Bytes::from)
                 .map_err(|_| Status::IoError)
@@ -457,6 +508,7 @@ impl Inner {
             failures: self.failures.clone(),
             view_wait: self.config.view_wait,
             replicate_timeout: self.config.limits.op_timeout,
+            throttle: Arc::clone(&self.throttle),
         };
         self.tracker
             .spawn(actor::run(task, inbox, self.cancel.child_token()));
@@ -677,6 +729,153 @@ impl Inner {
                 BlockStatusReply::refused(store_status(&error), epoch)
             }
         }
+    }
+}
+
+impl Inner {
+    /// A view at `wanted` or newer, waiting at most `view_wait` (the current one otherwise).
+    async fn view_at(&self, wanted: Epoch) -> Arc<ClusterView> {
+        let mut receiver = self.view.clone();
+        let waited = tokio::time::timeout(
+            self.config.view_wait,
+            receiver.wait_for(|view| view.epoch() >= wanted),
+        )
+        .await;
+        match waited {
+            Ok(Ok(view)) => Arc::clone(&view),
+            _ => Arc::clone(&self.view.borrow()),
+        }
+    }
+
+    /// Whether `chunk` belongs to the PG `key` in `view`.
+    fn chunk_in_pg(view: &ClusterView, key: PgKey, chunk: ChunkKey) -> bool {
+        volume_route(view, chunk.volume).is_some_and(|route| {
+            route.pool == key.pool && pg_of(chunk.volume, chunk.index, route.pg_count) == key.pg
+        })
+    }
+
+    /// Answers a peering/recovery message from `peer`.
+    async fn recovery(&self, peer: NodeId, request: RecoveryRequest) -> RecoveryReply {
+        let pg = request.pg();
+        let key = PgKey {
+            pool: pg.pool,
+            pg: pg.pg,
+        };
+        let epoch = request.epoch();
+        let view = self.view_at(epoch).await;
+        let ours = view.epoch();
+        if ours < epoch {
+            return RecoveryReply::refused(Status::Timeout, ours);
+        }
+        let op = match request {
+            RecoveryRequest::Read {
+                chunk, offset, len, ..
+            } => {
+                return self
+                    .recovery_read(&view, key, epoch, chunk, offset, len)
+                    .await;
+            }
+            RecoveryRequest::Labels { .. } => RecoveryOp::Labels,
+            RecoveryRequest::Push { chunk, step, .. } => {
+                let chunk_size = self
+                    .stores
+                    .values()
+                    .next()
+                    .map_or(0, |s| s.chunk_size_bytes());
+                if !Self::chunk_in_pg(&view, key, chunk) || !step.is_valid(chunk_size) {
+                    return RecoveryReply::refused(Status::Invalid, ours);
+                }
+                RecoveryOp::Push { chunk, step }
+            }
+            RecoveryRequest::SyncPoint { head, .. } => RecoveryOp::SyncPoint { head },
+        };
+        let Some(handle) = self.ensure_pg(key, &view) else {
+            let status = if epoch < ours {
+                Status::StaleEpoch
+            } else {
+                Status::NotPrimary
+            };
+            return RecoveryReply::refused(status, ours);
+        };
+        let reply = self
+            .ask(
+                &handle,
+                Request::Recovery {
+                    from: peer,
+                    epoch,
+                    op,
+                },
+            )
+            .await;
+        if reply.status != Status::Ok {
+            RecoveryReply::refused(reply.status, reply.epoch)
+        } else if reply.payload.is_empty() {
+            RecoveryReply::Done
+        } else {
+            postcard::from_bytes(&reply.payload)
+                .unwrap_or_else(|_| RecoveryReply::refused(Status::IoError, reply.epoch))
+        }
+    }
+
+    /// A chunk range read for a peer's peering or recovery: served from this node's copy if
+    /// it is a member of the PG in a view at least as new as the request's.
+    async fn recovery_read(
+        &self,
+        view: &ClusterView,
+        key: PgKey,
+        epoch: Epoch,
+        chunk: ChunkKey,
+        offset: u32,
+        len: u32,
+    ) -> RecoveryReply {
+        let ours = view.epoch();
+        if epoch < ours {
+            return RecoveryReply::refused(Status::StaleEpoch, ours);
+        }
+        let me = self.config.node;
+        let member = view
+            .map
+            .pool(key.pool)
+            .and_then(|pool| pool.pg(key.pg))
+            .and_then(|placement| placement.acting().iter().find(|m| m.node == me).copied());
+        let Some(store) = member.and_then(|member| self.stores.get(&member.drive)) else {
+            return RecoveryReply::refused(Status::NotPrimary, ours);
+        };
+        let valid = len > 0
+            && len <= RECOVERY_PIECE_BYTES_MAX
+            && offset.is_multiple_of(SECTOR_SIZE_BYTES)
+            && len.is_multiple_of(SECTOR_SIZE_BYTES)
+            && offset
+                .checked_add(len)
+                .is_some_and(|end| end <= store.chunk_size_bytes());
+        if !valid || !Self::chunk_in_pg(view, key, chunk) {
+            return RecoveryReply::refused(Status::Invalid, ours);
+        }
+        let result: Result<RecoveryReply, StoreError> = async {
+            let mut runs: Vec<AllocationRun> = Vec::new();
+            let mut data = Vec::new();
+            for extent in store.block_status(chunk, offset, len).await? {
+                if extent.len == 0 {
+                    continue;
+                }
+                if extent.allocated {
+                    data.extend_from_slice(&store.read(chunk, extent.offset, extent.len).await?);
+                }
+                match runs.last_mut() {
+                    Some(last) if last.allocated == extent.allocated => last.len += extent.len,
+                    _ => runs.push(AllocationRun {
+                        len: extent.len,
+                        allocated: extent.allocated,
+                    }),
+                }
+            }
+            Ok(RecoveryReply::Data { runs, data })
+        }
+        .await;
+        result.unwrap_or_else(|error| {
+            tracing::warn!(%chunk, %error, "recovery read from the store failed");
+            RecoveryReply::refused(store_status(&error), ours)
+        })
     }
 }
 

@@ -12,8 +12,10 @@
 //! - after the fault phase drains, every in-sync member holds the primary's whole sequence.
 //!
 //! Method: a seeded [`SimRng`] drives everything; time is virtual (milliseconds after a fixed
-//! base instant) and jumps to the next event or engine timer. Node 1 stays primary (failover
-//! with peering is issue 5). Set `REPLICATION_SIM_SEED` to replay one seed.
+//! base instant) and jumps to the next event or engine timer. Node 1 stays primary; peering
+//! (at start) and recovery of returning replicas are simulated by the harness (copying the
+//! primary's sequence while its writes are paused). Set `REPLICATION_SIM_SEED` to replay one
+//! seed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -65,11 +67,41 @@ enum Msg {
 #[derive(Debug)]
 enum Event {
     Client,
-    Deliver { to: usize, msg: Msg },
-    StoreDone { node: usize, version: u64 },
-    Map { node: usize, map: MapView },
+    Deliver {
+        to: usize,
+        msg: Msg,
+    },
+    StoreDone {
+        node: usize,
+        version: u64,
+    },
+    Map {
+        node: usize,
+        map: MapView,
+    },
     MetaRandom,
     MetaDown(NodeId),
+    /// The primary's peering round in `epoch` completes.
+    Peer {
+        epoch: Epoch,
+        members: Vec<NodeId>,
+    },
+    /// A recovery job starts copying to `member` (it stops applying writes).
+    Recover {
+        member: usize,
+        epoch: Epoch,
+    },
+    /// The recovery job's passes are done.
+    RecoveryReady {
+        member: usize,
+        epoch: Epoch,
+    },
+    /// The final copy to `member` (the primary's writes are paused).
+    FinalCopy {
+        member: usize,
+        epoch: Epoch,
+        head: ChunkVersion,
+    },
 }
 
 #[derive(Debug)]
@@ -82,10 +114,21 @@ enum Request {
 
 #[derive(Debug, Clone)]
 enum TokenKind {
-    Write { id: Option<u64> },
+    Write {
+        id: Option<u64>,
+    },
     Read,
-    Flush { before: BTreeSet<u64> },
-    Replicate { from: NodeId, version: u64 },
+    Flush {
+        before: BTreeSet<u64>,
+    },
+    Replicate {
+        from: NodeId,
+        version: u64,
+    },
+    /// A sync point sent during peering (`final_sync: None`) or a final sync.
+    Sync {
+        final_sync: Option<Epoch>,
+    },
 }
 
 /// What a store holds: the sequence submitted, and which versions the shell reported durable.
@@ -127,6 +170,8 @@ struct Sim {
     next_id: u64,
     clients_left: u64,
     stats: Stats,
+    /// Members that accepted a peering sync point in the current round.
+    synced_now: Vec<usize>,
 }
 
 impl Sim {
@@ -175,7 +220,9 @@ impl Sim {
             next_id: 1,
             clients_left: OPS_PER_SEED,
             stats: Stats::default(),
+            synced_now: Vec::new(),
         };
+        sim.process(0);
         for _ in 0..OPS_PER_SEED {
             let at = sim.rng.below(FAULT_WINDOW_MS);
             sim.schedule_at(at, Event::Client);
@@ -271,7 +318,162 @@ impl Sim {
                     self.publish();
                 }
             }
+            Event::Peer { epoch, members } => self.peer(epoch, members),
+            Event::Recover { member, epoch } => self.recover(member, epoch),
+            Event::RecoveryReady { member, epoch } => self.recovery_ready(member, epoch),
+            Event::FinalCopy {
+                member,
+                epoch,
+                head,
+            } => self.final_copy(member, epoch, head),
         }
+    }
+
+    /// A recovery job starts: the member stops applying writes, passes follow.
+    fn recover(&mut self, member: usize, epoch: Epoch) {
+        if self.nodes[0].engine.epoch() != epoch {
+            return;
+        }
+        let verdict = self.nodes[member]
+            .engine
+            .handle_recovery_request(node_id(0), epoch, true);
+        self.process(member);
+        match verdict {
+            RecoveryVerdict::Allow => self.schedule_in(100, Event::RecoveryReady { member, epoch }),
+            _ => self.schedule_in(100, Event::Recover { member, epoch }),
+        }
+    }
+
+    fn recovery_ready(&mut self, member: usize, epoch: Epoch) {
+        let now = self.now();
+        let accepted = self.nodes[0]
+            .engine
+            .handle_recovery_ready(now, node_id(member), epoch);
+        self.process(0);
+        if !accepted && self.needs_recovery(member, epoch) {
+            self.schedule_in(100, Event::Recover { member, epoch });
+        }
+    }
+
+    fn needs_recovery(&self, member: usize, epoch: Epoch) -> bool {
+        self.nodes[0].engine.epoch() == epoch
+            && self.nodes[0]
+                .engine
+                .members()
+                .contains(&(node_id(member), MemberSync::NeedsRecovery))
+    }
+
+    /// Whether `member` has nothing in flight in its store.
+    fn quiet(&self, member: usize) -> bool {
+        let node = &self.nodes[member];
+        node.durable_prefix as usize == node.submitted.len()
+    }
+
+    /// Sends a sync point at `head` from the primary to `member`; its answer comes through
+    /// `reply` as a `TokenKind::Sync`.
+    fn send_sync_point(
+        &mut self,
+        member: usize,
+        epoch: Epoch,
+        head: ChunkVersion,
+        final_sync: Option<Epoch>,
+    ) {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.nodes[member]
+            .tokens
+            .insert(token.0, TokenKind::Sync { final_sync });
+        let sync = SyncPoint {
+            token,
+            from: node_id(0),
+            epoch,
+            head,
+        };
+        let now = self.now();
+        match self.nodes[member].engine.handle_sync_point(now, sync) {
+            Outcome::Accepted => self.process(member),
+            Outcome::MapBehind { .. } => {
+                self.nodes[member].tokens.remove(&token.0);
+                if let Some(epoch) = final_sync {
+                    self.nodes[0]
+                        .engine
+                        .handle_recovery_done(now, node_id(member), epoch, false);
+                    self.process(0);
+                    self.schedule_in(100, Event::Recover { member, epoch });
+                }
+            }
+        }
+    }
+
+    /// Peering: members that hold exactly the primary's sequence and accept a sync point are
+    /// level; the rest are recovered.
+    fn peer(&mut self, epoch: Epoch, members: Vec<NodeId>) {
+        if self.nodes[0].engine.epoch() != epoch {
+            return;
+        }
+        let head = self.nodes[0].engine.head();
+        self.synced_now.clear();
+        for member in members {
+            let index = index_of(member);
+            let verdict =
+                self.nodes[index]
+                    .engine
+                    .handle_recovery_request(node_id(0), epoch, false);
+            let level = self.nodes[index].submitted == self.nodes[0].submitted;
+            if verdict == RecoveryVerdict::Allow && level && self.quiet(index) {
+                self.send_sync_point(index, epoch, head, None);
+            }
+        }
+        let in_sync = self.synced_now.drain(..).map(node_id).collect();
+        let now = self.now();
+        self.nodes[0].engine.handle_peered(
+            now,
+            Peered {
+                epoch,
+                head,
+                in_sync,
+            },
+        );
+        self.process(0);
+    }
+
+    /// The final sync: copy the primary's whole sequence to `member` (writes are paused, so
+    /// it is stable) and send the sync point.
+    fn final_copy(&mut self, member: usize, epoch: Epoch, head: ChunkVersion) {
+        let now = self.now();
+        if self.nodes[0].engine.epoch() != epoch {
+            return;
+        }
+        let verdict = self.nodes[member]
+            .engine
+            .handle_recovery_request(node_id(0), epoch, true);
+        self.process(member);
+        if verdict != RecoveryVerdict::Allow {
+            self.nodes[0]
+                .engine
+                .handle_recovery_done(now, node_id(member), epoch, false);
+            self.process(0);
+            self.schedule_in(100, Event::Recover { member, epoch });
+            return;
+        }
+        if !self.quiet(member) {
+            self.schedule_in(
+                20,
+                Event::FinalCopy {
+                    member,
+                    epoch,
+                    head,
+                },
+            );
+            return;
+        }
+        let copy = self.nodes[0].submitted.clone();
+        let target = &mut self.nodes[member];
+        target.durable = (1..=copy.len() as u64).collect();
+        target.durable_prefix = copy.len() as u64;
+        target.submitted = copy;
+        target.last_label = head;
+        self.send_sync_point(member, epoch, head, Some(epoch));
     }
 
     fn random_range(&mut self) -> ChunkRange {
@@ -457,6 +659,9 @@ impl Sim {
                     }
                     self.send(to, msg);
                 }
+                action @ (Action::Peer { .. }
+                | Action::Recover { .. }
+                | Action::FinalSync { .. }) => self.recovery_action(index, action),
                 Action::LocalRead { token, .. } => {
                     assert_eq!(index, 0, "only the primary serves reads");
                     let kind = self.nodes[index].tokens.remove(&token.0);
@@ -478,6 +683,36 @@ impl Sim {
     }
 
     /// Sends a message with a random delay; a few are held far longer than the gap timeout.
+    /// Schedules the harness's stand-in for a peering or recovery job.
+    fn recovery_action(&mut self, index: usize, action: Action<u64>) {
+        match action {
+            Action::Peer { epoch, members } => {
+                assert_eq!(index, 0, "only node 1 leads");
+                self.schedule_in(50, Event::Peer { epoch, members });
+            }
+            Action::Recover { member, epoch } => {
+                let member = index_of(member);
+                self.schedule_in(50, Event::Recover { member, epoch });
+            }
+            Action::FinalSync {
+                member,
+                epoch,
+                head,
+            } => {
+                let member = index_of(member);
+                self.schedule_in(
+                    50,
+                    Event::FinalCopy {
+                        member,
+                        epoch,
+                        head,
+                    },
+                );
+            }
+            _ => unreachable!("not a recovery action"),
+        }
+    }
+
     fn send(&mut self, to: usize, msg: Msg) {
         let delay_ms_max = if self.rng.chance(1, 100) {
             SLOW_MESSAGE_DELAY_MS_MAX
@@ -562,6 +797,30 @@ impl Sim {
                     epoch,
                 };
                 self.send(index_of(from), Msg::Reply(reply));
+            }
+            TokenKind::Sync { final_sync: None } => {
+                if status == Status::Ok {
+                    self.synced_now.push(index);
+                }
+            }
+            TokenKind::Sync {
+                final_sync: Some(epoch),
+            } => {
+                let now = self.now();
+                let ok = status == Status::Ok;
+                self.nodes[0]
+                    .engine
+                    .handle_recovery_done(now, node_id(index), epoch, ok);
+                self.process(0);
+                if !ok && self.needs_recovery(index, epoch) {
+                    self.schedule_in(
+                        100,
+                        Event::Recover {
+                            member: index,
+                            epoch,
+                        },
+                    );
+                }
             }
         }
     }

@@ -32,12 +32,58 @@ fn config(id: u64) -> PgConfig {
     }
 }
 
+/// An engine at open, already peered (primary: every member level at `head`) or synced with
+/// its primary (replica), with those actions drained.
 fn engine(id: u64, view: MapView, head: u64, now: Instant) -> Engine {
+    let mut engine = fresh_engine(id, view.clone(), head, now);
+    settle(&mut engine, &view, now);
+    engine
+}
+
+/// An engine at open, before peering or a sync point.
+fn fresh_engine(id: u64, view: MapView, head: u64, now: Instant) -> Engine {
     let head = ChunkVersion {
         epoch: Epoch(1),
         version: head,
     };
     PgEngine::new(config(id), view, head, now).unwrap()
+}
+
+/// Finishes peering (primary: every member level) or applies a sync point from the primary at
+/// the engine's own head (replica), and drains what that emits.
+fn settle(engine: &mut Engine, view: &MapView, now: Instant) {
+    let head = engine.head();
+    match engine.state() {
+        PgState::Peering => {
+            let actions = drain(engine);
+            let members = actions
+                .iter()
+                .find_map(|action| match action {
+                    Action::Peer { members, .. } => Some(members.clone()),
+                    _ => None,
+                })
+                .expect("a peering primary asks to peer");
+            engine.handle_peered(
+                now,
+                Peered {
+                    epoch: view.epoch,
+                    head,
+                    in_sync: members,
+                },
+            );
+        }
+        PgState::Replica => {
+            let sync = SyncPoint {
+                token: Token(9_999),
+                from: view.acting[0],
+                epoch: view.epoch,
+                head,
+            };
+            accepted(engine.handle_sync_point(now, sync));
+        }
+        _ => {}
+    }
+    drain(engine);
 }
 
 fn range(index: u64, offset: u32, len: u32) -> ChunkRange {
@@ -240,8 +286,9 @@ fn below_min_size_writes_wait_and_time_out() {
 
 #[test]
 fn blocked_writes_resume_when_members_return() {
-    // Goal: a member that left and returns without having missed a write is in sync again,
-    // and the writes that waited below min_size are assigned in arrival order.
+    // Goal: a member that left and returns is recovered before it counts (a recovery job,
+    // then a final sync with writes paused), and the writes that waited below min_size are
+    // then assigned in arrival order.
     let now = Instant::now();
     let mut p = engine(1, map(5, &[1, 2], 2), 10, now);
     p.handle_map(now, map(6, &[1], 2)).unwrap();
@@ -249,6 +296,25 @@ fn blocked_writes_resume_when_members_return() {
     accepted(p.handle_client_write(now, write(2, 6, 200)));
     assert!(drain(&mut p).is_empty());
     p.handle_map(now, map(7, &[1, 2], 2)).unwrap();
+    assert_eq!(p.members(), vec![(node(2), MemberSync::NeedsRecovery)]);
+    assert_eq!(
+        drain(&mut p),
+        vec![Action::Recover {
+            member: node(2),
+            epoch: Epoch(7)
+        }]
+    );
+    assert!(p.handle_recovery_ready(now, node(2), Epoch(7)));
+    let head = p.head();
+    assert_eq!(
+        drain(&mut p),
+        vec![Action::FinalSync {
+            member: node(2),
+            epoch: Epoch(7),
+            head
+        }]
+    );
+    p.handle_recovery_done(now, node(2), Epoch(7), true);
     assert_eq!(p.members(), vec![(node(2), MemberSync::InSync)]);
     let actions = drain(&mut p);
     let applied: Vec<(u64, u32)> = actions
@@ -284,14 +350,12 @@ fn dropped_member_is_no_longer_waited_for() {
     p.handle_map(now, map(6, &[1, 2], 2)).unwrap();
     assert_eq!(replies(&drain(&mut p)), vec![(1, Status::Ok)]);
     p.handle_map(now, map(7, &[1, 2, 3], 2)).unwrap();
-    let recovering = MemberSync::NeedsRecovery {
-        synced_through: Some(10),
-    };
+    let recovering = MemberSync::NeedsRecovery;
     assert_eq!(
         p.members(),
         vec![(node(2), MemberSync::InSync), (node(3), recovering)]
     );
-    assert_eq!(p.state(), PgState::Degraded);
+    assert_eq!(p.state(), PgState::Recovering);
     // New writes skip the recovering member and complete without it.
     accepted(p.handle_client_write(now, write(2, 7, 0)));
     let actions = drain(&mut p);
@@ -329,13 +393,17 @@ fn new_member_is_not_part_of_earlier_writes() {
     accepted(p.handle_client_write(now, write(1, 5, 0)));
     drain(&mut p);
     p.handle_map(now, map(6, &[1, 2, 3], 2)).unwrap();
-    assert!(drain(&mut p).is_empty());
+    assert_eq!(
+        drain(&mut p),
+        vec![Action::Recover {
+            member: node(3),
+            epoch: Epoch(6)
+        }]
+    );
     p.handle_local_done(now, 11, Ok(()));
     p.handle_replica_reply(now, ok(11, 2, 5));
     assert_eq!(replies(&drain(&mut p)), vec![(1, Status::Ok)]);
-    let unknown = MemberSync::NeedsRecovery {
-        synced_through: None,
-    };
+    let unknown = MemberSync::NeedsRecovery;
     assert_eq!(p.members()[1], (node(3), unknown));
 }
 
@@ -362,8 +430,20 @@ fn losing_the_primary_role_fails_client_requests() {
     );
     assert_eq!(p.state(), PgState::Replica);
     assert_eq!(p.durable_through(), 10);
+    // Until the new primary peered with it, the node applies nothing from it.
+    accepted(p.handle_replicate(now, replicate(8, 2, 6, 12)));
+    assert_eq!(replies(&drain(&mut p)), vec![(8, Status::Unsynced)]);
     p.handle_local_done(now, 11, Ok(()));
     assert_eq!(p.durable_through(), 11);
+    let head = p.head();
+    let sync = SyncPoint {
+        token: Token(7),
+        from: node(2),
+        epoch: Epoch(6),
+        head,
+    };
+    accepted(p.handle_sync_point(now, sync));
+    assert_eq!(replies(&drain(&mut p)), vec![(7, Status::Ok)]);
     // The new primary's next version is accepted in order.
     accepted(p.handle_replicate(now, replicate(9, 2, 6, 12)));
     assert!(matches!(drain(&mut p)[0], Action::LocalApply { .. }));
@@ -595,6 +675,7 @@ fn replica_buffer_is_bounded_and_times_out() {
     };
     let head = ChunkVersion::default();
     let mut r: Engine = PgEngine::new(cfg, map(5, &[1, 2], 2), head, now).unwrap();
+    settle(&mut r, &map(5, &[1, 2], 2), now);
     for version in 2..=4 {
         accepted(r.handle_replicate(now, replicate(version, 1, 5, version)));
     }
@@ -627,8 +708,9 @@ fn replica_drops_buffer_on_a_new_map() {
 
 #[test]
 fn replica_promoted_to_primary_continues_from_its_head() {
-    // Goal: a replica named primary serves at once (peering is issue 5) and assigns after the
-    // last version it submitted; its buffered copies are refused.
+    // Goal: a replica named primary refuses its buffered copies, waits for its own applies
+    // to land, peers (client writes queue meanwhile), and then assigns after the head peering
+    // adopted.
     let now = Instant::now();
     let mut r = engine(2, map(5, &[1, 2, 3], 2), 10, now);
     accepted(r.handle_replicate(now, replicate(1, 1, 5, 11)));
@@ -636,22 +718,45 @@ fn replica_promoted_to_primary_continues_from_its_head() {
     drain(&mut r);
     r.handle_map(now, map(6, &[2, 3], 2)).unwrap();
     assert_eq!(replies(&drain(&mut r)), vec![(2, Status::StaleEpoch)]);
-    assert_eq!(r.state(), PgState::Active);
+    assert_eq!(r.state(), PgState::Peering);
     accepted(r.handle_client_write(now, write(3, 6, 0)));
+    assert!(
+        drain(&mut r).is_empty(),
+        "no peering while v11 is in flight"
+    );
+    // The replica-era acknowledgement still goes out when v11 is durable; peering starts.
+    r.handle_local_done(now, 11, Ok(()));
+    let actions = drain(&mut r);
+    assert_eq!(replies(&actions), vec![(1, Status::Ok)]);
+    assert!(actions.contains(&Action::Peer {
+        epoch: Epoch(6),
+        members: vec![node(3)]
+    }));
+    // Node 3 held a version 12 from the old primary: the adopted head is past it.
+    let head = ChunkVersion {
+        epoch: Epoch(5),
+        version: 12,
+    };
+    r.handle_peered(
+        now,
+        Peered {
+            epoch: Epoch(6),
+            head,
+            in_sync: vec![node(3)],
+        },
+    );
+    assert_eq!(r.state(), PgState::Active);
     let actions = drain(&mut r);
     assert!(matches!(
         actions[0],
         Action::LocalApply {
             version: ChunkVersion {
                 epoch: Epoch(6),
-                version: 12
+                version: 13
             },
             ..
         }
     ));
-    // The replica-era acknowledgement still goes out when v11 is durable.
-    r.handle_local_done(now, 11, Ok(()));
-    assert_eq!(replies(&drain(&mut r)), vec![(1, Status::Ok)]);
 }
 
 #[test]
@@ -692,6 +797,7 @@ fn pg_log_is_bounded_and_answers_catch_up_queries() {
     };
     let head = ChunkVersion::default();
     let mut p: Engine = PgEngine::new(cfg, map(1, &[1], 1), head, now).unwrap();
+    settle(&mut p, &map(1, &[1], 1), now);
     for (token, index) in [(1, 0), (2, 1), (3, 2), (4, 1)] {
         let mut w = write(token, 1, 0);
         w.range = range(index, 0, 4096);
@@ -728,9 +834,7 @@ fn timed_out_member_cannot_rejoin_in_sync() {
     }));
     p.handle_map(now, map(6, &[1, 2], 2)).unwrap();
     p.handle_map(now, map(7, &[1, 2, 3], 2)).unwrap();
-    let expected = MemberSync::NeedsRecovery {
-        synced_through: Some(10),
-    };
+    let expected = MemberSync::NeedsRecovery;
     assert_eq!(p.members()[1], (node(3), expected));
 }
 
@@ -748,19 +852,31 @@ fn queued_writes_are_assigned_as_pending_room_frees() {
     };
     let head = ChunkVersion::default();
     let mut p: Engine = PgEngine::new(cfg, map(5, &[1], 2), head, now).unwrap();
+    settle(&mut p, &map(5, &[1], 2), now);
     accepted(p.handle_client_write(now, write(1, 5, 0)));
     accepted(p.handle_client_write(now, write(2, 5, 0)));
     p.handle_map(now, map(6, &[1, 2], 2)).unwrap();
     // Node 2 was never known to this primary: it needs recovery, the PG stays inactive.
     assert_eq!(p.state(), PgState::Inactive);
-    assert!(drain(&mut p).is_empty());
+    assert_eq!(
+        drain(&mut p),
+        vec![Action::Recover {
+            member: node(2),
+            epoch: Epoch(6)
+        }]
+    );
     p.handle_map(now, map(7, &[1, 2], 1)).unwrap();
     assert_eq!(p.pending_count(), 1);
-    assert_eq!(
-        drain(&mut p).len(),
-        1,
-        "only the local apply: node 2 is recovering"
-    );
+    let actions = drain(&mut p);
+    let data: Vec<_> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::LocalApply { .. } | Action::Replicate { .. }))
+        .collect();
+    assert_eq!(data.len(), 1, "only the local apply: node 2 is recovering");
+    assert!(actions.contains(&Action::Recover {
+        member: node(2),
+        epoch: Epoch(7)
+    }));
     p.handle_local_done(now, 1, Ok(()));
     let actions = drain(&mut p);
     assert_eq!(replies(&actions), vec![(1, Status::Ok)]);

@@ -34,10 +34,6 @@ pub const ACKS_WAITING_MAX_DEFAULT: usize = 4096;
 /// Default number of entries the in-memory PG log keeps. A member that fell further behind
 /// than this is backfilled instead of caught up from the log (issue 5).
 pub const LOG_ENTRIES_MAX_DEFAULT: usize = 4096;
-/// How many departed members a primary remembers (with how far each was in sync), so a member
-/// that returns without having missed a write rejoins at once. Forgetting one only costs a
-/// recovery pass.
-pub const DEPARTED_MEMBERS_MAX: usize = 16;
 /// How many duplicate deliveries of one buffered version a replica answers together; more get
 /// `Busy`. A primary re-sends a version at most once per epoch change or back-off.
 pub const DUPLICATE_TOKENS_MAX: usize = 4;
@@ -203,6 +199,37 @@ pub struct Replicate<P> {
     pub range: ChunkRange,
     /// What.
     pub mutation: Mutation<P>,
+}
+
+/// A primary's statement to a member it peered with or recovered: "your copy of the PG now
+/// matches my history up to `head`". Only after one does a replica apply the primary's writes
+/// (it answers [`Status::Unsynced`] before), so a replica that restarted or missed writes is
+/// never counted as a copy until the primary has checked it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncPoint {
+    /// Answered with [`Action::Reply`].
+    pub token: Token,
+    /// The sending node (must be the map's primary).
+    pub from: NodeId,
+    /// The sender's map epoch.
+    pub epoch: Epoch,
+    /// The primary's head: the replica's next write is `head.version + 1`.
+    pub head: ChunkVersion,
+}
+
+/// What peering established, as the shell reports it to [`PgEngine::handle_peered`].
+///
+/// [`PgEngine::handle_peered`]: super::PgEngine::handle_peered
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peered {
+    /// The epoch peering ran in (results of an older epoch are ignored).
+    pub epoch: Epoch,
+    /// The adopted history's head: the highest version any member holds. The local store now
+    /// holds every chunk at its newest label.
+    pub head: ChunkVersion,
+    /// Members whose copies matched the adopted history and accepted a [`SyncPoint`] at
+    /// `head`; the others need recovery.
+    pub in_sync: Vec<NodeId>,
 }
 
 /// A replica's answer to a [`Action::Replicate`], as the primary receives it.
@@ -396,6 +423,36 @@ pub enum Action<P> {
         /// The epoch it failed in.
         epoch: Epoch,
     },
+    /// Peer: collect every member's chunk labels, pull into the local store each chunk some
+    /// member holds at a newer label, send a [`SyncPoint`] to the members that then match, and
+    /// report with `handle_peered`. Emitted when this node becomes primary (also at open) and
+    /// again on every map change while peering, once nothing is in flight locally.
+    Peer {
+        /// The epoch to peer in (requests carry it, so members move to it first).
+        epoch: Epoch,
+        /// The other acting members, in map order.
+        members: Vec<NodeId>,
+    },
+    /// Recover `member`: copy to it every chunk whose label differs from the local one (and
+    /// delete those it should not have), in passes, throttled; when a pass finds little left,
+    /// call `handle_recovery_ready`. Emitted once per member and epoch; the shell retries on
+    /// its own until the epoch changes.
+    Recover {
+        /// The member to bring level.
+        member: NodeId,
+        /// The epoch the recovery runs in.
+        epoch: Epoch,
+    },
+    /// Writes are paused and none is in flight: copy the chunks that still differ to `member`,
+    /// send it a [`SyncPoint`] at `head`, and report with `handle_recovery_done`.
+    FinalSync {
+        /// The member.
+        member: NodeId,
+        /// The epoch.
+        epoch: Epoch,
+        /// The head the member joins at.
+        head: ChunkVersion,
+    },
     /// The local store failed a mutation: this node's copy of the PG can no longer be trusted.
     /// The engine answers everything with `status` from now on; the shell should report the
     /// drive to the metadata service so the PG moves on without this node.
@@ -411,12 +468,9 @@ pub enum MemberSync {
     /// Holds every version this primary assigned while it was a member: receives and must
     /// acknowledge every new write.
     InSync,
-    /// Missed writes (it joined, or returned after missing some): receives no writes and is
-    /// not counted until recovery (issue 5) brings it level.
-    NeedsRecovery {
-        /// Every version up to this one is known durable on it; `None` if unknown.
-        synced_through: Option<u64>,
-    },
+    /// May lack writes (it joined, restarted, or peering found its copy different):
+    /// receives no writes and is not counted until recovery brings it level.
+    NeedsRecovery,
 }
 
 /// The PG's state on this node, for the API and metrics.
@@ -428,8 +482,10 @@ pub enum PgState {
     Degraded,
     /// Primary with fewer than `min_size` copies available: writes wait and time out.
     Inactive,
-    /// New primary establishing the authoritative history before it serves (issue 5).
+    /// New primary establishing the authoritative history before it serves.
     Peering,
+    /// Primary serving writes while it copies missed data to some acting members.
+    Recovering,
     /// Replica of another node's primary.
     Replica,
     /// Not in the acting set.

@@ -129,7 +129,13 @@ impl ChunkState {
     pub fn touch(&mut self, seq: u64, version: ChunkVersion) {
         debug_assert!(seq >= self.last_seq);
         self.last_seq = seq;
-        self.version = self.version.max(version);
+        // A deleted chunk starts over (as journal replay does): recovery deletes a chunk and
+        // rewrites it under a lower label than it had.
+        self.version = if self.exists {
+            self.version.max(version)
+        } else {
+            version
+        };
         self.exists = true;
         if self.first_dirty_seq.is_none() {
             self.first_dirty_seq = Some(seq);
