@@ -245,6 +245,30 @@ fn create_volume(cluster: &TestCluster, http: &Http, name: &str) {
     .unwrap_or_else(|| panic!("create {name}: {last}\n{}", cluster.logs()));
 }
 
+/// Relays for every node's API and NBD port; returns each node's count of open NBD relays.
+fn start_relays(netns: &Netns, cluster: &TestCluster) -> Vec<Arc<AtomicUsize>> {
+    let mut ports = Vec::new();
+    for n in 1..=3u16 {
+        ports.extend([20000 + n * 100, 20001 + n * 100]);
+    }
+    let listeners = netns.listen(ports);
+    let nbd_active: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::default()).collect();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let n = u8::try_from(i / 2 + 1).expect("node");
+        if i % 2 == 0 {
+            let api = SocketAddr::new(common::ip(NET, n), 9640);
+            relay(listener, api, Arc::default());
+        } else {
+            relay(
+                listener,
+                cluster.nbd_addr(n),
+                Arc::clone(&nbd_active[i / 2]),
+            );
+        }
+    }
+    nbd_active
+}
+
 /// Goal: attach, I/O, filesystem, detach/re-attach; clear failures on bad input; and a device
 /// that survives the death of the node serving it with no I/O error. Method: one guest boot
 /// runs the three scenarios; the host watches the console and kills the serving node.
@@ -272,25 +296,7 @@ fn initiator_attaches_fails_over_and_refuses_bad_input_in_a_guest() {
     create_volume(&cluster, &http, "vol2");
 
     let netns = Netns::create();
-    let mut ports = Vec::new();
-    for n in 1..=3u16 {
-        ports.extend([20000 + n * 100, 20001 + n * 100]);
-    }
-    let listeners = netns.listen(ports);
-    let nbd_active: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::default()).collect();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let n = u8::try_from(i / 2 + 1).expect("node");
-        if i % 2 == 0 {
-            let api = SocketAddr::new(common::ip(NET, n), 9640);
-            relay(listener, api, Arc::default());
-        } else {
-            relay(
-                listener,
-                cluster.nbd_addr(n),
-                Arc::clone(&nbd_active[i / 2]),
-            );
-        }
-    }
+    let nbd_active = start_relays(&netns, &cluster);
 
     let scenarios = std::env::var("BASALT_GUEST_SCENARIOS")
         .unwrap_or_else(|_| "basic badinput failover".into())

@@ -129,5 +129,16 @@ failover() {
   ok
 }
 
+# Not in the default set: how tests/data/nbd-client-connect.hex was captured (needs a guest built
+# with GUEST_EXTRA_BINS="nbd-client strace"). Prints the CONNECT nbd-client sends for vol1.
+capture() {
+  CURRENT=capture
+  strace -f -e trace=sendmsg -xx -s 4096 -o /tmp/strace.out \
+    nbd-client 127.0.81.1 10809 /dev/nbd3 -N vol1 -b 4096 -t 30 || fail "nbd-client"
+  grep -n 'sendmsg' /tmp/strace.out
+  nbd-client -d /dev/nbd3
+  ok
+}
+
 for s in $SCENARIOS; do $s; done
 echo "=== ALL DONE"
