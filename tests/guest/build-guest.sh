@@ -21,7 +21,12 @@ if [ ! -f vmlinuz ] || [ ! -d kroot/lib/modules ]; then
   KPKG=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
   [ -n "$KPKG" ] || { echo "cannot find the linux-image-cloud-amd64 dependency (apt-get update?)" >&2; exit 1; }
   rm -f ./*.deb
-  apt-get download "$KPKG"
+  # Stale package lists name a kernel the mirror no longer has: refresh once and retry.
+  if ! apt-get download "$KPKG"; then
+    apt-get update -qq
+    KPKG=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+    apt-get download "$KPKG"
+  fi
   rm -rf kroot; mkdir kroot; dpkg -x "${KPKG}"_*.deb kroot
   cp kroot/boot/vmlinuz-* vmlinuz.tmp && mv vmlinuz.tmp vmlinuz
 fi
