@@ -22,7 +22,8 @@
 //!   `BLOCK_STATUS` and `BLOCK_STATUS_EXT` chunks.
 //! - Not supported: oldstyle and plain newstyle negotiation, TLS, `CMD_RESIZE`, metadata
 //!   contexts other than `base:allocation`, server-initiated shutdown
-//!   (`REP_ERR_SHUTDOWN`/`ESHUTDOWN`), the client side of the protocol.
+//!   (`REP_ERR_SHUTDOWN`/`ESHUTDOWN`). The client side is the handshake only ([`client`]): a
+//!   host initiator hands the negotiated socket to the kernel for transmission.
 //!
 //! # Limits
 //! Block sizes: minimum 512, preferred 4096, maximum payload 32 MiB
@@ -35,6 +36,7 @@
 //! once its header has been validated against these limits; a refused write's payload is
 //! skipped as it streams by.
 
+pub mod client;
 pub mod consts;
 mod error;
 pub mod export;
@@ -46,6 +48,7 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
+pub use client::{ClientHandshake, ClientHandshakeError, ClientNegotiated};
 pub use error::{FaultClass, MalformedInput, NbdError, ProtocolViolation, Unsupported};
 pub use export::{BlockSizeConstraints, ExportCatalog, ExportFeatures, ExportInfo, ExportListing};
 pub use handshake::{Negotiated, ServerConfig, TlsMode};
