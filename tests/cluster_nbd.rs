@@ -523,6 +523,53 @@ fn degraded_writes_continue_then_fail_below_min_size() {
     assert!(!out.contains("wrote "), "not acknowledged:\n{out}");
 }
 
+/// Seconds of the soak mode (`BASALT_SOAK_SECS`), 0 for the bounded CI run.
+fn soak_secs() -> u64 {
+    std::env::var("BASALT_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Kills node 2 or 3 (SIGKILL) every 10–20 s and starts it again after 1–6 s, until `job`
+/// ends (at most 4 kills, or one per 10 s of a soak). Returns how many kills happened.
+fn kill_nodes_until<T>(
+    cluster: &mut TestCluster,
+    job: &std::thread::JoinHandle<T>,
+    soak_secs: u64,
+) -> u64 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs());
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    };
+    let kills_max = if soak_secs > 0 { soak_secs / 10 } else { 4 };
+    let mut kills = 0;
+    while kills < kills_max {
+        let until = Instant::now() + Duration::from_secs(10 + next(11));
+        while Instant::now() < until {
+            if job.is_finished() {
+                return kills;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let victim = 2 + (next(1000) % 2) as u8;
+        let down = Duration::from_secs(1 + next(6));
+        eprintln!("kill -9 node {victim}, restart after {down:?}");
+        cluster.kill(victim);
+        std::thread::sleep(down);
+        cluster.start_node(victim);
+        kills += 1;
+    }
+    kills
+}
+
 /// Goal: no acknowledged write is lost while storage nodes are killed with SIGKILL and
 /// restarted under load. Method: fio (nbd engine, 4 KiB random writes, iodepth 16,
 /// `verify=crc32c` with `verify_backlog`, rate-limited so the job lasts about a minute) writes
@@ -540,10 +587,7 @@ fn fio_verify_survives_nodes_killed_under_load() {
     let uri1 = uri(&cluster, 1, "kill");
     wait_export(&cluster, &uri1);
 
-    let soak_secs: u64 = std::env::var("BASALT_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let soak_secs = soak_secs();
     // 150 writes/s for 32 MiB is about 55 s; a soak run scales the size to its duration.
     let size_mib = if soak_secs > 0 {
         (soak_secs * 150 * 4 / 1024).max(32)
@@ -574,36 +618,7 @@ fn fio_verify_survives_nodes_killed_under_load() {
             run_unchecked("fio", &args, fio_timeout)
         })
     };
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_secs());
-    eprintln!("kill schedule seed {seed}");
-    let mut rng = seed | 1;
-    let mut next = move |bound: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % bound
-    };
-    let kills_max = if soak_secs > 0 { soak_secs / 10 } else { 4 };
-    let mut kills = 0;
-    'schedule: while kills < kills_max {
-        let wait = Duration::from_secs(10 + next(11));
-        let until = Instant::now() + wait;
-        while Instant::now() < until {
-            if fio.is_finished() {
-                break 'schedule;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let victim = 2 + next(2) as u8;
-        let down = Duration::from_secs(1 + next(6));
-        eprintln!("kill -9 node {victim}, restart after {down:?}");
-        cluster.kill(victim);
-        std::thread::sleep(down);
-        cluster.start_node(victim);
-        kills += 1;
-    }
+    let kills = kill_nodes_until(&mut cluster, &fio, soak_secs);
     let output = fio.join().expect("fio thread");
     let out = text(&output.stdout);
     assert!(
