@@ -137,10 +137,12 @@ fn validate_meta(config: &NodeConfig) -> Result<(), ConfigError> {
             "must be longer than meta.down_after",
         ));
     }
-    if meta.heartbeat_interval == Duration::ZERO || meta.heartbeat_interval >= meta.down_after {
+    // The read lease lasts two thirds of down_after and is renewed by each heartbeat: at most
+    // half of down_after between beats leaves room for one lost beat.
+    if meta.heartbeat_interval == Duration::ZERO || meta.heartbeat_interval * 2 > meta.down_after {
         return Err(invalid(
             "meta.heartbeat_interval",
-            "must be > 0 and shorter than meta.down_after",
+            "must be > 0 and at most half of meta.down_after",
         ));
     }
     if meta.bootstrap && meta.role != NodeRole::Voter {

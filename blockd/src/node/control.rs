@@ -84,6 +84,16 @@ pub struct Heartbeat {
     pub node: NodeId,
 }
 
+/// The leader's answer to a heartbeat: what the node needs to extend its read lease.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The leader's map epoch: a node whose own map is older gets no lease until it caught up
+    /// (it may still act on a map in which it leads PGs it no longer leads).
+    pub epoch: basalt::ids::Epoch,
+    /// Whether the metadata state has the node up.
+    pub up: bool,
+}
+
 /// Encodes a control body; the types here always serialise.
 pub fn encode<T: Serialize>(message: &T) -> Bytes {
     match postcard::to_stdvec(message) {
@@ -174,7 +184,14 @@ impl ControlHandler for HeartbeatHandler {
                 return Err(Status::Invalid);
             }
             self.0.record_heartbeat(peer);
-            Ok(Bytes::new())
+            let state = self.0.meta.read_state();
+            let reply = HeartbeatReply {
+                epoch: state.epoch(),
+                up: state
+                    .node(peer)
+                    .is_some_and(|record| record.state == basalt::placement::NodeState::Up),
+            };
+            Ok(encode(&reply))
         })
     }
 }

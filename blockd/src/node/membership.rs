@@ -11,7 +11,9 @@ use basalt::meta::{CommandKind, DriveInfo, FailureDetector, NodeAddresses};
 use basalt::wire::ControlKind;
 use tokio_util::sync::CancellationToken;
 
-use super::control::{self, Heartbeat, JoinReply, JoinRequest, META_CONTROL_VERSION};
+use super::control::{
+    self, Heartbeat, HeartbeatReply, JoinReply, JoinRequest, META_CONTROL_VERSION,
+};
 use super::{NodeShared, now_unix_ms};
 use crate::peer::PeerClient;
 
@@ -189,8 +191,14 @@ async fn heartbeat_loop(shared: &NodeShared) {
         let Some((leader, addr)) = shared.meta.leader() else {
             continue;
         };
+        let sent = std::time::Instant::now();
         if leader == shared.node_id.0 {
             shared.record_heartbeat(shared.node_id);
+            let state = shared.meta.read_state();
+            let up = state
+                .node(shared.node_id)
+                .is_some_and(|record| record.state == basalt::placement::NodeState::Up);
+            shared.extend_lease(sent, state.epoch(), up);
             continue;
         }
         let node = NodeId(leader);
@@ -202,12 +210,16 @@ async fn heartbeat_loop(shared: &NodeShared) {
         let body = control::encode(&Heartbeat {
             node: shared.node_id,
         });
-        if let Err(e) = shared
+        match shared
             .peers
             .call_control(node, ControlKind::HEARTBEAT, META_CONTROL_VERSION, body)
             .await
         {
-            tracing::debug!(leader, error = %e, "heartbeat not delivered");
+            Ok(reply) => match postcard::from_bytes::<HeartbeatReply>(&reply) {
+                Ok(reply) => shared.extend_lease(sent, reply.epoch, reply.up),
+                Err(e) => tracing::debug!(leader, error = %e, "heartbeat reply undecodable"),
+            },
+            Err(e) => tracing::debug!(leader, error = %e, "heartbeat not delivered"),
         }
     }
 }

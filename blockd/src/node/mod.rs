@@ -62,6 +62,8 @@ pub struct NodeShared {
     detector: Mutex<Option<FailureDetector>>,
     /// The data path's view of the cluster.
     maps: MapWatch,
+    /// This node's read lease (its expiry), extended by heartbeats the leader answers.
+    lease: tokio::sync::watch::Sender<Option<std::time::Instant>>,
 }
 
 /// A started node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -117,18 +119,11 @@ impl Node {
             stores,
             detector: Mutex::new(None),
             maps,
+            lease: tokio::sync::watch::Sender::new(None),
         });
 
         let (failure_tx, failure_rx) = tokio::sync::mpsc::channel(FAILURE_REPORTS_QUEUED_MAX);
-        let replication = ReplicationService::start(
-            ReplicationConfig::new(node_id),
-            shared.stores.clone(),
-            Arc::clone(&shared.peers),
-            shared.maps(),
-            failure_tx,
-        )
-        .await
-        .context("replication service")?;
+        let replication = start_replication(&shared, failure_tx).await?;
         let router = Arc::new(build_router(&shared, &replication));
         let listen = shared.config.peer.listen;
         let server = PeerServer::bind(listen, peer_config, Arc::clone(&router))
@@ -213,6 +208,32 @@ async fn start_meta(
     MetaNode::start(meta_config, transport, MetaState::new())
         .await
         .context("metadata service")
+}
+
+/// Starts the replication service with the node's stores, peers, view and read lease.
+async fn start_replication(
+    shared: &Arc<NodeShared>,
+    failures: tokio::sync::mpsc::Sender<FailureReport>,
+) -> anyhow::Result<Arc<ReplicationService>> {
+    let mut config = ReplicationConfig::new(shared.node_id);
+    config.leases = Some(shared.lease.subscribe());
+    config.limits.lease_wait = lease_duration(&shared.config);
+    ReplicationService::start(
+        config,
+        shared.stores.clone(),
+        Arc::clone(&shared.peers),
+        shared.maps(),
+        failures,
+    )
+    .await
+    .context("replication service")
+}
+
+/// How long a heartbeat's answer lets a node serve reads: two thirds of `meta.down_after`, so
+/// a node cut off from the leader stops serving reads before the leader can mark it down and
+/// hand its PGs to another primary (which also waits this long before serving).
+fn lease_duration(config: &NodeConfig) -> std::time::Duration {
+    config.meta.down_after * 2 / 3
 }
 
 /// Failure reports the replication engines may queue before the oldest are dropped.
@@ -420,6 +441,27 @@ impl NodeShared {
     }
 
     /// Records a heartbeat in the leader's failure detector (ignored when not leader).
+    /// A heartbeat sent at `sent` was answered by the leader at map `epoch`: extend the read
+    /// lease to `sent` + the lease duration if the node is up and its own map is that new.
+    pub(crate) fn extend_lease(
+        &self,
+        sent: std::time::Instant,
+        epoch: basalt::ids::Epoch,
+        up: bool,
+    ) {
+        if !up || self.maps.current().epoch() < epoch {
+            return;
+        }
+        let until = sent + lease_duration(&self.config);
+        self.lease.send_if_modified(|lease| {
+            let longer = lease.is_none_or(|current| current < until);
+            if longer {
+                *lease = Some(until);
+            }
+            longer
+        });
+    }
+
     pub(crate) fn record_heartbeat(&self, node: NodeId) {
         if let Ok(mut detector) = self.detector.lock()
             && let Some(detector) = detector.as_mut()

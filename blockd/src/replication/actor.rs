@@ -23,7 +23,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::pg::{PgEngine, RecoveryVerdict};
+use super::pg::{Lease, PgEngine, RecoveryVerdict};
 use super::recovery::{RecoveryCtx, Throttle, pg_labels};
 use super::recovery_msg::{PushStep, RecoveryReply};
 use super::service::{FailureReport, PgKey, map_view};
@@ -176,6 +176,8 @@ pub(crate) struct PgTask {
     pub(crate) replicate_timeout: Duration,
     /// The node's recovery bandwidth.
     pub(crate) throttle: Arc<Throttle>,
+    /// The node's read lease, if enforced.
+    pub(crate) lease: Option<watch::Receiver<Option<Instant>>>,
 }
 
 /// The running state of a PG task.
@@ -209,6 +211,7 @@ pub(crate) async fn run(task: PgTask, inbox: mpsc::Receiver<Input>, cancel: Canc
         final_phase: None,
     };
     actor.jobs_epoch = actor.task.engine.epoch();
+    actor.apply_lease();
     // The view may have moved on between the engine's creation and now.
     actor.task.view.mark_changed();
     actor.run(inbox, cancel).await;
@@ -235,6 +238,10 @@ impl Actor {
                     Ok(()) => self.apply_view(),
                     Err(_) => self.view_open = false,
                 },
+                changed = lease_changed(self.task.lease.as_mut()) => match changed {
+                    Ok(()) => self.apply_lease(),
+                    Err(_) => self.task.lease = None,
+                },
                 Some(event) = self.work.next(), if !self.work.is_empty() => self.handle_event(event),
                 () = &mut sleep, if armed.is_some() => {
                     armed = None;
@@ -245,6 +252,16 @@ impl Actor {
                     None => return,
                 },
             }
+        }
+    }
+
+    /// Hands the node's current lease to the engine.
+    fn apply_lease(&mut self) {
+        if let Some(lease) = self.task.lease.as_mut() {
+            let until = *lease.borrow_and_update();
+            self.task
+                .engine
+                .handle_lease(Instant::now(), Lease::until(until));
         }
     }
 
@@ -820,6 +837,16 @@ impl Actor {
         if let Err(error) = self.task.failures.try_send(report) {
             tracing::warn!(pg = %self.task.key, %error, "failure report dropped");
         }
+    }
+}
+
+/// Resolves when the lease changes; never when leases are not enforced.
+async fn lease_changed(
+    lease: Option<&mut watch::Receiver<Option<Instant>>>,
+) -> Result<(), watch::error::RecvError> {
+    match lease {
+        Some(lease) => lease.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -28,21 +28,35 @@ pub enum RecoveryVerdict {
     Refuse(Status),
 }
 
-/// The read lease a primary holds from the metadata service (DESIGN §4).
+/// The read lease this node holds from the metadata service (DESIGN §4).
 ///
-/// Issue 5 makes it real: the metadata service grants a lease with the primary's epoch, the
-/// primary serves reads only while `valid(now)` holds, and a new primary waits out its
-/// predecessor's lease before serving. Until then every primary holds a lease that never ends;
-/// the engine already asks for it on every read and queues reads while it is not valid.
+/// The node's heartbeat loop extends it while the metadata leader answers and the node's map is
+/// current; a primary serves reads only while it is valid, so a primary cut off from the
+/// metadata service (or stuck on an old map) stops serving reads when it ends. Not enforced
+/// when the shell has no metadata service (in-process tests): then it is always valid.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lease {
-    _private: (),
+    enforced: bool,
+    until: Option<Instant>,
 }
 
 impl Lease {
-    /// Whether the primary may serve reads at `now`. Always true until issue 5.
-    pub fn valid(&self, _now: Instant) -> bool {
-        true
+    /// A lease that is checked, valid until `until`.
+    pub fn until(until: Option<Instant>) -> Self {
+        Self {
+            enforced: true,
+            until,
+        }
+    }
+
+    /// Whether the primary may serve reads at `now`.
+    pub fn valid(&self, now: Instant) -> bool {
+        !self.enforced || self.until.is_some_and(|until| until > now)
+    }
+
+    /// When it ends, if it is enforced and held.
+    pub fn expiry(&self) -> Option<Instant> {
+        if self.enforced { self.until } else { None }
     }
 }
 
@@ -169,9 +183,8 @@ impl<P: Clone> PgEngine<P> {
     /// The role the current map gives this node, entered fresh (no earlier role to carry over).
     fn role_for_map(&mut self, now: Instant) -> Role<P> {
         let me = self.shared.config.node;
-        let _ = now;
         if self.shared.map.primary() == Some(me) {
-            let mut primary = Primary::new(&self.shared);
+            let mut primary = Primary::new(&self.shared, now);
             primary.start_peering(&mut self.shared);
             Role::Primary(primary)
         } else if let (true, Some(primary)) =
@@ -322,6 +335,14 @@ impl<P: Clone> PgEngine<P> {
         if let Role::Primary(primary) = &mut self.role {
             primary.local_durable(&mut self.shared);
             primary.start_peering(&mut self.shared);
+        }
+    }
+
+    /// The node's read lease changed (see [`Lease`]); reads queued for it may go now.
+    pub fn handle_lease(&mut self, now: Instant, lease: Lease) {
+        self.shared.lease = lease;
+        if let Role::Primary(primary) = &mut self.role {
+            primary.lease_changed(&mut self.shared, now);
         }
     }
 

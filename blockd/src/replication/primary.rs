@@ -102,6 +102,11 @@ struct Retry {
 pub(crate) struct Primary<P> {
     /// Serving is held until peering completes.
     peering: bool,
+    /// No request is served before this: the previous primary's read lease (of at most
+    /// `lease_wait`) has run out by then.
+    serve_after: Instant,
+    /// Peering finished before `serve_after`: applied once it passes.
+    peered_early: Option<Box<Peered>>,
     /// The epoch an [`Action::Peer`] was emitted for.
     peer_emitted: Option<Epoch>,
     /// The other acting members, in map order.
@@ -121,7 +126,7 @@ pub(crate) struct Primary<P> {
 impl<P: Clone> Primary<P> {
     /// A primary in the `Peering` state for the current map. No member counts as a copy
     /// until peering has compared it with the adopted history.
-    pub(crate) fn new(shared: &Shared<P>) -> Self {
+    pub(crate) fn new(shared: &Shared<P>, now: Instant) -> Self {
         let me = shared.config.node;
         let members = shared
             .map
@@ -136,6 +141,8 @@ impl<P: Clone> Primary<P> {
             .collect();
         Self {
             peering: true,
+            serve_after: now + shared.config.limits.lease_wait,
+            peered_early: None,
             peer_emitted: None,
             members,
             final_sync: None,
@@ -170,6 +177,11 @@ impl<P: Clone> Primary<P> {
         if !self.peering || peered.epoch != shared.epoch() {
             return;
         }
+        if now < self.serve_after {
+            // Another node may still hold a read lease for this PG's old map.
+            self.peered_early = Some(Box::new(peered));
+            return;
+        }
         debug_assert!(
             self.pending.is_empty(),
             "a peering primary has assigned nothing"
@@ -186,6 +198,11 @@ impl<P: Clone> Primary<P> {
         tracing::info!(pg = %shared.config.pg, epoch = %peered.epoch, %head, in_sync = ?peered.in_sync, "peering done");
         self.peering = false;
         self.request_recovery(shared);
+        self.pump(shared, now);
+    }
+
+    /// The node's lease changed: serve the reads that waited for it.
+    pub(crate) fn lease_changed(&mut self, shared: &mut Shared<P>, now: Instant) {
         self.pump(shared, now);
     }
 
@@ -623,6 +640,7 @@ impl<P: Clone> Primary<P> {
             .sort_by_key(|m| order.iter().position(|node| *node == m.node));
         if self.peering {
             // Peer again with the new membership; the old round's result is ignored.
+            self.peered_early = None;
             self.start_peering(shared);
         }
         self.request_recovery(shared);
@@ -664,6 +682,11 @@ impl<P: Clone> Primary<P> {
     }
 
     pub(crate) fn timeout(&mut self, shared: &mut Shared<P>, now: Instant) {
+        if now >= self.serve_after
+            && let Some(peered) = self.peered_early.take()
+        {
+            self.peered(shared, now, *peered);
+        }
         while let Some(&(deadline, version)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -715,7 +738,8 @@ impl<P: Clone> Primary<P> {
         let op = self.deadlines.first().map(|(deadline, _)| *deadline);
         let waiting = self.waiting.front().map(Waiting::deadline);
         let retry = self.retries.iter().map(|r| r.due).min();
-        [op, waiting, retry].into_iter().flatten().min()
+        let serve = self.peered_early.as_ref().map(|_| self.serve_after);
+        [op, waiting, retry, serve].into_iter().flatten().min()
     }
 }
 

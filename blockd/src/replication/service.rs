@@ -75,6 +75,9 @@ pub struct ReplicationConfig {
     /// Bytes per second all of this node's recovery copies share (0: unlimited). See
     /// [`RECOVERY_BYTES_PER_SEC_DEFAULT`].
     pub recovery_bytes_per_sec: u64,
+    /// The node's read lease (its expiry), kept by the heartbeat loop; `None` when there is no
+    /// metadata service to grant one (leases not enforced). Set `limits.lease_wait` with it.
+    pub leases: Option<watch::Receiver<Option<Instant>>>,
 }
 
 /// Default recovery bandwidth of a node: well below a drive's and a 10 GbE link's, so client
@@ -90,6 +93,7 @@ impl ReplicationConfig {
             view_wait: VIEW_WAIT_DEFAULT,
             pg_inbox_depth: PG_INBOX_DEPTH_DEFAULT,
             recovery_bytes_per_sec: RECOVERY_BYTES_PER_SEC_DEFAULT,
+            leases: None,
         }
     }
 }
@@ -509,6 +513,7 @@ impl Inner {
             view_wait: self.config.view_wait,
             replicate_timeout: self.config.limits.op_timeout,
             throttle: Arc::clone(&self.throttle),
+            lease: self.config.leases.clone(),
         };
         self.tracker
             .spawn(actor::run(task, inbox, self.cancel.child_token()));

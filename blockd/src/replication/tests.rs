@@ -906,3 +906,70 @@ fn opcode_and_store_status_mapping() {
         Status::NoSpace
     );
 }
+
+#[test]
+fn reads_need_the_lease_and_a_new_primary_waits_out_the_old_one() {
+    // Goal: with leases enforced, a primary queues reads while its lease is not valid and
+    // serves them when it is renewed; a new primary serves nothing (reads or writes) until
+    // `lease_wait` after it took the role, even when peering finished earlier.
+    let now = Instant::now();
+    let mut p = primary(now);
+    p.handle_lease(now, Lease::until(None));
+    let read = ClientRead {
+        token: Token(1),
+        epoch: Epoch(5),
+        range: range(0, 0, 4096),
+    };
+    accepted(p.handle_client_read(now, read));
+    assert!(drain(&mut p).is_empty(), "no lease, no read");
+    p.handle_lease(now, Lease::until(Some(now + Duration::from_secs(2))));
+    assert!(matches!(
+        drain(&mut p)[..],
+        [Action::LocalRead {
+            token: Token(1),
+            ..
+        }]
+    ));
+    let later = now + Duration::from_secs(3);
+    accepted(p.handle_client_read(
+        later,
+        ClientRead {
+            token: Token(2),
+            ..read
+        },
+    ));
+    assert!(drain(&mut p).is_empty(), "the lease ran out");
+
+    let wait = Duration::from_secs(2);
+    let cfg = PgConfig {
+        limits: Limits {
+            lease_wait: wait,
+            ..Limits::default()
+        },
+        ..config(1)
+    };
+    let view = map(6, &[1, 2], 2);
+    let head = ChunkVersion::default();
+    let mut q: Engine = PgEngine::new(cfg, view.clone(), head, now).unwrap();
+    q.handle_lease(now, Lease::until(Some(now + Duration::from_secs(60))));
+    assert_eq!(
+        drain(&mut q),
+        vec![Action::Peer {
+            epoch: Epoch(6),
+            members: vec![node(2)]
+        }]
+    );
+    let peered = Peered {
+        epoch: Epoch(6),
+        head,
+        in_sync: vec![node(2)],
+    };
+    q.handle_peered(now, peered);
+    accepted(q.handle_client_write(now, write(3, 6, 9)));
+    assert!(drain(&mut q).is_empty(), "waiting out the old lease");
+    assert_eq!(q.state(), PgState::Peering);
+    assert_eq!(q.poll_timeout(), Some(now + wait));
+    q.handle_timeout(now + wait);
+    assert_eq!(q.state(), PgState::Active);
+    assert!(matches!(drain(&mut q)[0], Action::LocalApply { .. }));
+}

@@ -323,6 +323,9 @@ pub struct Limits {
     pub acks_waiting_max: usize,
     /// See [`LOG_ENTRIES_MAX_DEFAULT`].
     pub log_entries_max: usize,
+    /// How long a new primary waits before serving: the longest read lease another node may
+    /// still hold for the PG's previous map. Zero where leases are not enforced.
+    pub lease_wait: Duration,
 }
 
 impl Default for Limits {
@@ -337,6 +340,7 @@ impl Default for Limits {
             replica_buffer_bytes_max: REPLICA_BUFFER_BYTES_MAX_DEFAULT,
             acks_waiting_max: ACKS_WAITING_MAX_DEFAULT,
             log_entries_max: LOG_ENTRIES_MAX_DEFAULT,
+            lease_wait: Duration::ZERO,
         }
     }
 }
