@@ -5,6 +5,15 @@
 //! The data directory keeps the generated configs, a cluster secret and an admin token, so a
 //! second `basalt up` restarts the same cluster with its data.
 
+/// Prints a line to stdout, ignoring a closed stdout (whoever started `basalt up` may stop
+/// reading once it has the NBD URI; that must not make the shutdown fail).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -65,7 +74,7 @@ pub fn run(args: &UpArgs, blockd: &Path) -> anyhow::Result<()> {
         let log = data_dir.join(format!("node{}.log", i + 1));
         nodes.0.push(spawn(blockd, config, &log)?);
     }
-    println!(
+    say!(
         "basalt: started {NODES} nodes (logs in {})",
         data_dir.display()
     );
@@ -89,7 +98,7 @@ pub fn run(args: &UpArgs, blockd: &Path) -> anyhow::Result<()> {
             _ = term.recv() => Ok(()),
         }
     })?;
-    println!("\nbasalt: stopping the nodes");
+    say!("\nbasalt: stopping the nodes");
     nodes.stop_all();
     Ok(())
 }
@@ -211,7 +220,7 @@ async fn wait_formed(client: &Client, nodes: &mut Nodes) -> anyhow::Result<()> {
         }
         let last = match client.cluster_status().await {
             Ok(status) if status.leader.is_some() && status.nodes.up == u32::from(NODES) => {
-                println!(
+                say!(
                     "basalt: cluster formed: {} nodes up, leader node {}, map epoch {}",
                     status.nodes.up,
                     status.leader.unwrap_or_default(),
@@ -232,7 +241,7 @@ async fn wait_formed(client: &Client, nodes: &mut Nodes) -> anyhow::Result<()> {
 async fn ensure_volume(client: &Client, name: &str) -> anyhow::Result<()> {
     match client.volume(name).await {
         Ok(volume) => {
-            println!("basalt: volume {name} exists ({} bytes)", volume.size_bytes);
+            say!("basalt: volume {name} exists ({} bytes)", volume.size_bytes);
             return Ok(());
         }
         Err(ClientError::Problem(problem)) if problem.status == 404 => {}
@@ -248,30 +257,30 @@ async fn ensure_volume(client: &Client, name: &str) -> anyhow::Result<()> {
         .create_volume(&request, Some(&key))
         .await
         .context("creating the volume")?;
-    println!("basalt: created volume {name} (1 GiB, 3 replicas)");
+    say!("basalt: created volume {name} (1 GiB, 3 replicas)");
     Ok(())
 }
 
 fn print_usage(volume: &str, api: &str, token: &str, data_dir: &Path) {
     let uri = format!("nbd://127.0.0.1:10809/{volume}");
-    println!();
-    println!("  NBD export:  {uri}");
-    println!(
+    say!();
+    say!("  NBD export:  {uri}");
+    say!(
         "  (every node exports it: nbd://127.0.0.2:10809/{volume}, nbd://127.0.0.3:10809/{volume})"
     );
-    println!();
-    println!("  Try it:");
-    println!("    nbdinfo {uri}");
-    println!("    qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' {uri}");
-    println!(
+    say!();
+    say!("  Try it:");
+    say!("    nbdinfo {uri}");
+    say!("    qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' {uri}");
+    say!(
         "    fio --name=t --ioengine=nbd --uri={uri} --rw=randwrite --bs=4k --iodepth=32 --size=64m --verify=crc32c"
     );
-    println!();
-    println!("  Manage it:");
-    println!("    export BASALT_API={api} BASALT_TOKEN={token}");
-    println!("    basalt cluster status; basalt volume list");
-    println!();
-    println!(
+    say!();
+    say!("  Manage it:");
+    say!("    export BASALT_API={api} BASALT_TOKEN={token}");
+    say!("    basalt cluster status; basalt volume list");
+    say!();
+    say!(
         "  Data: {}. Press Ctrl-C to stop the cluster.",
         data_dir.display()
     );
