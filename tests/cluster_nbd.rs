@@ -581,12 +581,6 @@ fn kill_nodes_until<T>(
 /// soak mode (`BASALT_SOAK_SECS`).
 #[test]
 fn fio_verify_survives_nodes_killed_under_load() {
-    let mut cluster = TestCluster::start(&ClusterSpec::new(65, 3));
-    wait_ready(&cluster, 1, 3);
-    create_volume(&cluster, "kill", 64 * MIB);
-    let uri1 = uri(&cluster, 1, "kill");
-    wait_export(&cluster, &uri1);
-
     let soak_secs = soak_secs();
     // 150 writes/s for 32 MiB is about 55 s; a soak run scales the size to its duration.
     let size_mib = if soak_secs > 0 {
@@ -594,6 +588,13 @@ fn fio_verify_survives_nodes_killed_under_load() {
     } else {
         32
     };
+    let mut spec = ClusterSpec::new(65, 3);
+    spec.drive_size_bytes = spec.drive_size_bytes.max(2 * size_mib * MIB + 128 * MIB);
+    let mut cluster = TestCluster::start(&spec);
+    wait_ready(&cluster, 1, 3);
+    create_volume(&cluster, "kill", (size_mib + 32) * MIB);
+    let uri1 = uri(&cluster, 1, "kill");
+    wait_export(&cluster, &uri1);
     let args: Vec<String> = vec![
         "--name=killverify".into(),
         "--ioengine=nbd".into(),
