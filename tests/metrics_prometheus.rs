@@ -505,6 +505,18 @@ fn prometheus_scrapes_dashboards_and_alerts() {
     });
     assert!(up.is_some(), "targets not up\n{}", prometheus.log());
 
+    // Open by default (`api.open_metrics`): no token, the OpenMetrics content type.
+    let scrape = http
+        .get(&format!("{}/metrics", cluster.api_url(2)), None)
+        .expect("GET /metrics");
+    assert_eq!(scrape.status, 200, "{}", scrape.text);
+    let content_type = scrape.headers.get("content-type").map(|v| v.as_bytes());
+    assert!(
+        content_type.is_some_and(|v| v.starts_with(b"application/openmetrics-text")),
+        "{content_type:?}"
+    );
+    assert!(scrape.text.ends_with("# EOF\n"), "{}", scrape.text);
+
     fio_load(&cluster, 1, 8);
     // A few more scrapes, so every rate has two samples after the load.
     std::thread::sleep(Duration::from_secs(3));

@@ -192,3 +192,68 @@ impl Collector for ClusterCollector {
         super::replication::encode(&mut encoder, &snapshot, &self.peers)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::metrics::encode_for_test;
+
+    struct Fixed(ClusterSnapshot);
+
+    impl ClusterSource for Fixed {
+        fn snapshot(&self) -> ClusterSnapshot {
+            self.0.clone()
+        }
+    }
+
+    /// Goal: one scrape encodes node states (one 1 per node), heartbeat ages from the local
+    /// clock, the map epoch, the Raft view and the replication section, without labels where
+    /// a family has none.
+    #[test]
+    fn encodes_cluster_raft_and_replication() {
+        let state = Arc::new(super::super::replication::tests::cluster());
+        let heartbeat = state
+            .node(basalt::ids::NodeId(2))
+            .map_or(0, |n| n.last_heartbeat_unix_ms);
+        let raft = MetaStatus {
+            node_id: 1,
+            role: Role::Leader,
+            term: 4,
+            leader: Some(1),
+            leader_addr: None,
+            last_log_index: Some(12),
+            committed_index: Some(11),
+            applied_index: Some(10),
+            snapshot_index: None,
+            purged_index: None,
+            voters: BTreeMap::new(),
+            learners: BTreeMap::new(),
+        };
+        let snapshot = ClusterSnapshot {
+            raft,
+            state,
+            now_unix_ms: heartbeat + 1500,
+        };
+        let collector = ClusterCollector::new(Arc::new(Fixed(snapshot)), Arc::default());
+        let text = encode_for_test(|registry| registry.register_collector(Box::new(collector)));
+        for line in [
+            r#"basalt_node_state{node="2",state="up"} 1"#,
+            r#"basalt_node_state{node="2",state="down"} 0"#,
+            r#"basalt_node_heartbeat_age_seconds{node="2"} 1.5"#,
+            "basalt_map_epoch 1",
+            "basalt_raft_term 4",
+            "basalt_raft_is_leader 1",
+            "basalt_raft_commit_index 11",
+            "basalt_raft_applied_index 10",
+            r#"basalt_pgs{pool="3",state="active"} 8"#,
+            r#"basalt_pgs{pool="3",state="peering"} 0"#,
+            "basalt_recovery_remaining_bytes 0",
+            "basalt_scrub_repairs_total 0",
+            "basalt_replica_write_latency_seconds_count 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+}

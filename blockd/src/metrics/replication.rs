@@ -162,7 +162,7 @@ pub fn encode(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use basalt::ids::{ClusterId, DriveId, NodeId};
     use basalt::meta::{Command, CommandKind, DriveInfo, NodeAddresses, NodeRole};
 
@@ -176,7 +176,7 @@ mod tests {
     }
 
     /// Three registered nodes, 8 PGs of 3 replicas, `min_size` 2.
-    fn cluster() -> MetaState {
+    pub(crate) fn cluster() -> MetaState {
         let mut state = MetaState::new();
         let init = CommandKind::InitCluster {
             cluster_id: ClusterId(uuid::Uuid::from_bytes([1; 16])),
