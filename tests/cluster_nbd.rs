@@ -588,7 +588,12 @@ fn fio_verify_survives_nodes_killed_under_load() {
     } else {
         32
     };
-    let mut spec = ClusterSpec::new(65, 3);
+    // A soak run may take another net so it can run beside the test suite.
+    let net = std::env::var("BASALT_SOAK_NET")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(65);
+    let mut spec = ClusterSpec::new(net, 3);
     spec.drive_size_bytes = spec.drive_size_bytes.max(2 * size_mib * MIB + 128 * MIB);
     let mut cluster = TestCluster::start(&spec);
     wait_ready(&cluster, 1, 3);

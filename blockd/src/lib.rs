@@ -7,6 +7,7 @@ pub mod cli;
 pub mod frontends;
 pub mod gateway;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod replication;

@@ -3,7 +3,7 @@
 
 use super::{API_PORT_DEFAULT, ClusterParams, NBD_PORT_DEFAULT, PEER_PORT_DEFAULT};
 use super::{ApiConfig, DriveConfig, MetaConfig, NbdConfig, NodeConfig, PeerConfig};
-use super::{ConfigError, SecurityConfig};
+use super::{ConfigError, MetricsConfig, SecurityConfig};
 use crate::ids::NodeId;
 use crate::size::Size;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -57,6 +57,7 @@ impl NodeConfig {
                 cluster_secret_file: None,
                 tokens: Vec::new(),
             },
+            metrics: MetricsConfig::default(),
         };
         debug_assert!(config.meta.bootstrap != (n != 1));
         config

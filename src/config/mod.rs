@@ -86,6 +86,29 @@ pub struct NodeConfig {
     pub cluster: ClusterParams,
     /// Cluster secret and API tokens.
     pub security: SecurityConfig,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: whether the node counts and serves Prometheus metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Count and serve `/metrics`. Off, the data path does no counting at all and
+    /// `/metrics` answers 404 (for measuring what counting costs).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[nbd]`: where the NBD frontend listens.
@@ -111,8 +134,10 @@ pub struct ApiConfig {
     /// leader's); defaults to `listen`, required when `listen` is a wildcard address.
     #[serde(default)]
     pub advertise: Option<String>,
-    /// Serve `/metrics` without a bearer token (`/healthz` never needs one).
-    #[serde(default)]
+    /// Serve `/metrics` without a bearer token (`/healthz` never needs one). On by default so
+    /// Prometheus can scrape without a secret; metrics name volumes and nodes but hold no
+    /// data or credentials.
+    #[serde(default = "default_true")]
     pub open_metrics: bool,
 }
 
@@ -343,7 +368,7 @@ impl Default for ApiConfig {
         Self {
             listen: default_api_listen(),
             advertise: None,
-            open_metrics: false,
+            open_metrics: true,
         }
     }
 }

@@ -75,7 +75,8 @@ fn defaults_listen_on_loopback_only() {
     assert_eq!(config.meta.out_after, Duration::from_secs(600));
     assert_eq!(config.meta.role, NodeRole::Voter);
     assert!(!config.meta.bootstrap && config.meta.join.is_empty());
-    assert!(!config.api.open_metrics);
+    assert!(config.api.open_metrics);
+    assert!(config.metrics.enabled);
     assert_eq!(config.cluster, ClusterParams::default());
     assert_eq!(config.peer_advertise(), "127.0.0.1:9641");
     assert_eq!(config.cluster_secret(), SecretSource::Inline(SECRET));

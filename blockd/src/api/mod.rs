@@ -34,7 +34,8 @@ pub use openapi::openapi_document;
 /// Largest request body accepted; larger ones are refused with `payload-too-large` (413).
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
-/// Path of the Prometheus endpoint, which a later router passed to [`router_with`] serves.
+/// Path of the Prometheus endpoint, served by the router `blockd::metrics::Exporter` passes to
+/// [`router_with`].
 pub const METRICS_PATH: &str = "/metrics";
 
 /// Path of the liveness probe (never needs a token).

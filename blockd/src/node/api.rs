@@ -1,5 +1,5 @@
 //! The HTTP API's view of the node: [`ControlPlane`] over the Raft node and proposal
-//! forwarding, and the API listener.
+//! forwarding, and the API listener (with `/metrics` when metrics are on).
 
 use std::sync::Arc;
 
@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::{NodeShared, ProposeFailure};
 use crate::api::{AuthConfig, ControlPlane, LeaderInfo};
 use crate::meta::Role;
+use crate::metrics::cluster::{ClusterCollector, ClusterSnapshot, ClusterSource};
+use crate::metrics::{Exporter, Metrics};
 use crate::peer::BoxFuture;
 
 /// The API's handle on the node.
@@ -60,9 +62,25 @@ impl ControlPlane for NodeControlPlane {
     }
 }
 
-/// Binds the API listener and serves it until `cancel`.
+/// The metrics collectors' view of the node: Raft status and applied state, read at scrape
+/// time.
+struct NodeClusterSource(Arc<NodeShared>);
+
+impl ClusterSource for NodeClusterSource {
+    fn snapshot(&self) -> ClusterSnapshot {
+        ClusterSnapshot {
+            raft: self.0.meta.status(),
+            state: self.0.meta.read_state(),
+            now_unix_ms: super::now_unix_ms(),
+        }
+    }
+}
+
+/// Binds the API listener and serves it until `cancel`; serves `/metrics` from `metrics` if
+/// they are on.
 pub async fn start(
     shared: &Arc<NodeShared>,
+    metrics: Option<&Metrics>,
     cancel: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let config = &shared.config;
@@ -80,7 +98,21 @@ pub async fn start(
     let mut auth =
         AuthConfig::from_raw_tokens(tokens.iter().map(|(raw, role)| (raw.as_str(), *role)));
     auth.open_metrics = config.api.open_metrics;
-    let router = crate::api::router(Arc::new(NodeControlPlane(Arc::clone(shared))), auth);
+    let control = Arc::new(NodeControlPlane(Arc::clone(shared)));
+    let router = match metrics {
+        Some(metrics) => {
+            let source = Arc::new(NodeClusterSource(Arc::clone(shared)));
+            let collector = ClusterCollector::new(source, Arc::clone(shared.peers.stats()));
+            let exporter = Arc::new(Exporter::new(metrics, vec![Box::new(collector)]));
+            crate::api::router_with(control, auth, exporter.router()).layer(
+                axum::middleware::from_fn_with_state(
+                    metrics.api.clone(),
+                    crate::metrics::api::count_requests,
+                ),
+            )
+        }
+        None => crate::api::router(control, auth),
+    };
     let listen = config.api.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

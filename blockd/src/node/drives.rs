@@ -8,13 +8,23 @@ use anyhow::{Context, bail};
 use basalt::config::NodeConfig;
 use basalt::ids::{ClusterId, DriveId};
 
+use crate::metrics::Metrics;
+use crate::metrics::drive::DriveIo;
+use crate::store::handle::EngineWrap;
 use crate::store::{Expect, FormatOptions, OpenOptions, Store, format};
 
-/// Opens (creating and formatting where configured) every drive of `config`.
+/// The stores of a node's drives, by drive id.
+pub type Stores = BTreeMap<DriveId, Arc<Store>>;
+
+/// Opens (creating and formatting where configured) every drive of `config`. With
+/// `metrics.enabled`, also creates the node's metric families (the drives' engines measure
+/// device I/O into them from the first operation) and returns them.
 pub async fn open_all(
     config: &NodeConfig,
     cluster_id: ClusterId,
-) -> anyhow::Result<BTreeMap<DriveId, Arc<Store>>> {
+) -> anyhow::Result<(Stores, Option<Arc<Metrics>>)> {
+    let metrics = (config.metrics.enabled).then(|| Arc::new(Metrics::new(config.node_id)));
+    let metrics = metrics.as_ref();
     let mut stores = BTreeMap::new();
     for (i, drive) in config.drives.iter().enumerate() {
         let key = format!("drives[{i}].path {}", drive.path.display());
@@ -46,13 +56,22 @@ pub async fn open_all(
             },
             ..OpenOptions::default()
         };
-        let store = Store::open(&drive.path, opts)
+        let io = metrics.map(|_| Arc::new(DriveIo::default()));
+        let wrap: EngineWrap = match &io {
+            Some(io) => DriveIo::wrapper(io),
+            None => Box::new(|engine| engine),
+        };
+        let store = Store::open_wrapped(&drive.path, opts, wrap)
             .await
             .with_context(|| format!("{key}: open"))?;
         let id = store.superblock().drive_id;
-        if stores.insert(id, Arc::new(store)).is_some() {
+        let store = Arc::new(store);
+        if stores.insert(id, Arc::clone(&store)).is_some() {
             bail!("{key}: drive id {id} is configured twice");
         }
+        if let (Some(metrics), Some(io)) = (metrics, io) {
+            metrics.drives.add(store, io);
+        }
     }
-    Ok(stores)
+    Ok((stores, metrics.cloned()))
 }

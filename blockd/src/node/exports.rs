@@ -8,30 +8,33 @@ use std::sync::{Arc, Mutex};
 
 use crate::frontends::{ExportEntry, Exports};
 use crate::gateway::{Gateway, GatewayVolume, VolumeSpec};
+use crate::metrics::volume::{Metered, VolumeMetrics};
 use crate::view::MapWatch;
 
 /// Exports every volume of the current cluster view.
 pub struct ClusterExports {
     gateway: Gateway,
     maps: MapWatch,
-    volumes: Mutex<HashMap<String, Arc<GatewayVolume>>>,
+    volumes: Mutex<HashMap<String, Arc<Metered<GatewayVolume>>>>,
+    metrics: Option<VolumeMetrics>,
 }
 
 impl ClusterExports {
-    /// Exports over `gateway`, naming volumes from `maps`.
-    pub fn new(gateway: Gateway, maps: MapWatch) -> Self {
+    /// Exports over `gateway`, naming volumes from `maps`, counting requests into `metrics`.
+    pub fn new(gateway: Gateway, maps: MapWatch, metrics: Option<VolumeMetrics>) -> Self {
         ClusterExports {
             gateway,
             maps,
             volumes: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 }
 
 impl Exports for ClusterExports {
-    type Volume = GatewayVolume;
+    type Volume = Metered<GatewayVolume>;
 
-    fn get(&self, name: &str) -> Option<Arc<GatewayVolume>> {
+    fn get(&self, name: &str) -> Option<Arc<Metered<GatewayVolume>>> {
         let view = self.maps.current();
         let volume = view.volumes.get(name)?;
         let spec = VolumeSpec {
@@ -42,13 +45,14 @@ impl Exports for ClusterExports {
         };
         let mut cache = self.volumes.lock().ok()?;
         if let Some(cached) = cache.get(name)
-            && *cached.spec() == spec
+            && *cached.inner().spec() == spec
         {
             return Some(Arc::clone(cached));
         }
         match self.gateway.volume(spec) {
             Ok(volume) => {
-                let volume = Arc::new(volume);
+                let handles = self.metrics.as_ref().map(|m| m.handles(name));
+                let volume = Arc::new(Metered::new(volume, handles));
                 cache.insert(name.to_owned(), Arc::clone(&volume));
                 Some(volume)
             }

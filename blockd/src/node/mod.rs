@@ -30,6 +30,7 @@ pub use crate::api::ProposeFailure;
 use crate::frontends::nbd::{NbdConfig, NbdServer};
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::meta::{MetaNode, MetaNodeConfig, ProposeError};
+use crate::metrics::Metrics;
 use crate::peer::{PeerConfig, PeerServer, Peers, Router};
 use crate::replication::{FailureReport, ReplicationConfig, ReplicationService};
 use crate::store::Store;
@@ -95,7 +96,7 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("data_dir {}", config.data_dir.display()))?;
 
-        let stores = drives::open_all(&config, cluster_id).await?;
+        let (stores, metrics) = drives::open_all(&config, cluster_id).await?;
 
         let handshake = HandshakeConfig {
             cluster: cluster_id,
@@ -134,10 +135,10 @@ impl Node {
             "node started"
         );
 
-        let (nbd, nbd_addr) = start_nbd(&shared, router).await?;
+        let (nbd, nbd_addr) = start_nbd(&shared, router, metrics.as_deref()).await?;
 
         let cancel = CancellationToken::new();
-        let api_task = api::start(&shared, cancel.clone()).await?;
+        let api_task = api::start(&shared, metrics.as_deref(), cancel.clone()).await?;
         let tasks = vec![
             api_task,
             tokio::spawn(membership::run(Arc::clone(&shared), cancel.clone())),
@@ -278,10 +279,12 @@ fn build_router(shared: &Arc<NodeShared>, replication: &Arc<ReplicationService>)
         )
 }
 
-/// Starts the NBD exports (TCP, and the unix socket if configured) over a gateway.
+/// Starts the NBD exports (TCP, and the unix socket if configured) over a gateway, counting
+/// into `metrics` if they are on.
 async fn start_nbd(
     shared: &Arc<NodeShared>,
     local: Arc<Router>,
+    metrics: Option<&Metrics>,
 ) -> anyhow::Result<(NbdServer<exports::ClusterExports>, SocketAddr)> {
     let gateway = Gateway::with_local(
         Arc::clone(&shared.peers),
@@ -290,8 +293,14 @@ async fn start_nbd(
         Some((shared.node_id, local)),
     )
     .context("gateway")?;
-    let exports = Arc::new(exports::ClusterExports::new(gateway, shared.maps()));
-    let nbd = NbdServer::new(exports, NbdConfig::default());
+    let volume_metrics = metrics.map(|m| m.volumes.clone());
+    let exports = Arc::new(exports::ClusterExports::new(
+        gateway,
+        shared.maps(),
+        volume_metrics,
+    ));
+    let nbd_metrics = metrics.map(|m| m.nbd.clone());
+    let nbd = NbdServer::with_metrics(exports, NbdConfig::default(), nbd_metrics);
     let nbd_listen = shared.config.nbd.listen;
     let nbd_addr = nbd
         .listen_tcp(nbd_listen)

@@ -209,13 +209,23 @@ impl PeerClient {
         let id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
         header.request_id = RequestId(id);
         let frame = OutFrame::encode(&header, payload)?;
-        match tokio::time::timeout(timeout, self.send_and_wait(header, frame)).await {
+        let replicate = matches!(
+            header.opcode,
+            Opcode::ReplicateWrite | Opcode::ReplicateTrim | Opcode::ReplicateZeroes
+        );
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, self.send_and_wait(header, frame)).await {
             Ok(result) => result,
             Err(_) => Err(PeerError::Timeout {
                 peer: self.peer(),
                 timeout,
             }),
+        };
+        if replicate {
+            let stats = self.shared.closer.stats();
+            stats.replicate_latency.observe(started.elapsed());
         }
+        result
     }
 
     async fn send_and_wait(&self, header: Header, frame: OutFrame) -> Result<Frame, PeerError> {

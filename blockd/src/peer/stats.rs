@@ -1,8 +1,9 @@
-//! Transport counters: plain atomics, read by tests now and exported as metrics later.
+//! Transport counters: plain atomics, read by tests and exported as metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::CloseReason;
+use crate::metrics::LatencyHistogram;
 
 /// Counters of one server or one pool of clients. Shared behind an `Arc`; every update is a
 /// relaxed atomic add, so counting costs nothing on the I/O path.
@@ -12,6 +13,8 @@ pub struct PeerStats {
     established: AtomicU64,
     requests: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
+    /// Latency of REPLICATE_* calls (clients): the primary's fan-out to each replica.
+    pub replicate_latency: LatencyHistogram,
 }
 
 /// A copy of the counters at one moment.

@@ -141,13 +141,25 @@ pub enum FormatDriveError {
     Mkfs(#[from] MkfsError),
 }
 
+/// Wraps a drive's engine before the store uses it (e.g. to measure device I/O).
+pub type EngineWrap = Box<dyn FnOnce(Box<dyn DriveEngine>) -> Box<dyn DriveEngine> + Send>;
+
 impl Store {
     /// Opens the drive at `path`: locks it, recovers it and starts its thread.
     pub async fn open(path: &Path, opts: OpenOptions) -> Result<Self, OpenError> {
+        Self::open_wrapped(path, opts, Box::new(|engine| engine)).await
+    }
+
+    /// [`Store::open`] with the engine passed through `wrap` first.
+    pub async fn open_wrapped(
+        path: &Path,
+        opts: OpenOptions,
+        wrap: EngineWrap,
+    ) -> Result<Self, OpenError> {
         let doorbell = Doorbell::new()?;
         let path = path.to_owned();
         let bell = doorbell.clone();
-        let make = move || make_engine(opts.engine, &path, &bell, opts.busy_wait);
+        let make = move || make_engine(opts.engine, &path, &bell, opts.busy_wait).map(wrap);
         Self::start(make, doorbell, opts).await
     }
 

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::execute::{Catalog, execute};
 use super::{RunState, Shared};
 use crate::frontends::{Exports, VolumeBackend};
+use crate::metrics::frontend::{HandshakeFailure, NbdConnection};
 
 /// Smallest read buffer reservation.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -73,9 +74,11 @@ where
         encoder: None,
         context: None,
         mutated: false,
+        counted: None,
     };
     tracing::debug!(%peer, "NBD connection opened");
     let end = connection.run(reader).await;
+    connection.count_end(&end);
     match &end {
         End::Clean(_) | End::Eof | End::Shutdown => {
             tracing::debug!(%peer, reason = %end, "NBD connection closing");
@@ -105,6 +108,8 @@ struct Connection<E: Exports> {
     encoder: Option<ReplyEncoder>,
     context: Option<u32>,
     mutated: bool,
+    /// Counts this connection while it is in transmission (metrics on).
+    counted: Option<NbdConnection>,
 }
 
 impl<E: Exports> Connection<E> {
@@ -137,6 +142,7 @@ impl<E: Exports> Connection<E> {
                         self.encoder = self.session.reply_encoder();
                         self.context = negotiated.base_allocation;
                         deadline = None;
+                        self.counted = self.shared.metrics.as_ref().map(|m| m.connection(name));
                     }
                     Event::Request(request) => self.submit(request).await,
                     Event::Closed(reason) => return End::Clean(reason),
@@ -163,6 +169,21 @@ impl<E: Exports> Connection<E> {
                     Err(error) => return End::Io(error),
                 },
             }
+        }
+    }
+
+    /// Counts a connection that ended in error: a protocol error in transmission, or a
+    /// failed handshake.
+    fn count_end(&self, end: &End) {
+        let Some(metrics) = &self.shared.metrics else {
+            return;
+        };
+        match (end, &self.counted) {
+            (End::Fatal(_), Some(counted)) => counted.protocol_error(),
+            (End::Fatal(_), None) => metrics.handshake_failed(HandshakeFailure::Protocol),
+            (End::HandshakeTimeout, _) => metrics.handshake_failed(HandshakeFailure::Timeout),
+            (End::ExportGone(_), _) => metrics.handshake_failed(HandshakeFailure::ExportGone),
+            _ => {}
         }
     }
 

@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use super::Exports;
+use crate::metrics::frontend::NbdMetrics;
 
 /// Default for [`NbdConfig::handshake_timeout`].
 pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
@@ -85,6 +86,8 @@ struct Shared<E> {
     connection_slots: Arc<Semaphore>,
     /// Connections being served (the semaphore cannot say while shutdown waits on it).
     live: AtomicUsize,
+    /// Connection and error counters, if metrics are on.
+    metrics: Option<NbdMetrics>,
 }
 
 /// An NBD server exporting the volumes of `E`.
@@ -105,6 +108,11 @@ impl<E: Exports> std::fmt::Debug for NbdServer<E> {
 impl<E: Exports> NbdServer<E> {
     /// A server for `exports`; it serves nothing until given a listener.
     pub fn new(exports: Arc<E>, config: NbdConfig) -> Self {
+        Self::with_metrics(exports, config, None)
+    }
+
+    /// [`NbdServer::new`], counting connections and errors into `metrics`.
+    pub fn with_metrics(exports: Arc<E>, config: NbdConfig, metrics: Option<NbdMetrics>) -> Self {
         let config = NbdConfig {
             requests_in_flight_max: config
                 .requests_in_flight_max
@@ -119,6 +127,7 @@ impl<E: Exports> NbdServer<E> {
             state,
             connection_slots: Arc::new(Semaphore::new(config.connections_max)),
             live: AtomicUsize::new(0),
+            metrics,
         };
         Self {
             shared: Arc::new(shared),
