@@ -523,6 +523,23 @@ fn degraded_writes_continue_then_fail_below_min_size() {
     assert!(!out.contains("wrote "), "not acknowledged:\n{out}");
 }
 
+/// The kill test's cluster (on 127.0.65.x, or `BASALT_SOAK_NET` so a soak run can go beside
+/// the test suite) with a volume for a job of `size_mib`; returns it and node 1's NBD URI.
+fn kill_test_cluster(size_mib: u64) -> (TestCluster, String) {
+    let net = std::env::var("BASALT_SOAK_NET")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(65);
+    let mut spec = ClusterSpec::new(net, 3);
+    spec.drive_size_bytes = spec.drive_size_bytes.max(2 * size_mib * MIB + 128 * MIB);
+    let cluster = TestCluster::start(&spec);
+    wait_ready(&cluster, 1, 3);
+    create_volume(&cluster, "kill", (size_mib + 32) * MIB);
+    let uri1 = uri(&cluster, 1, "kill");
+    wait_export(&cluster, &uri1);
+    (cluster, uri1)
+}
+
 /// Seconds of the soak mode (`BASALT_SOAK_SECS`), 0 for the bounded CI run.
 fn soak_secs() -> u64 {
     std::env::var("BASALT_SOAK_SECS")
@@ -588,18 +605,7 @@ fn fio_verify_survives_nodes_killed_under_load() {
     } else {
         32
     };
-    // A soak run may take another net so it can run beside the test suite.
-    let net = std::env::var("BASALT_SOAK_NET")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(65);
-    let mut spec = ClusterSpec::new(net, 3);
-    spec.drive_size_bytes = spec.drive_size_bytes.max(2 * size_mib * MIB + 128 * MIB);
-    let mut cluster = TestCluster::start(&spec);
-    wait_ready(&cluster, 1, 3);
-    create_volume(&cluster, "kill", (size_mib + 32) * MIB);
-    let uri1 = uri(&cluster, 1, "kill");
-    wait_export(&cluster, &uri1);
+    let (mut cluster, uri1) = kill_test_cluster(size_mib);
     let args: Vec<String> = vec![
         "--name=killverify".into(),
         "--ioengine=nbd".into(),
