@@ -15,6 +15,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use super::{encode_gauge, encode_gauges};
 use crate::meta::{MetaStatus, Role};
 use crate::peer::PeerStats;
+use crate::replication::ReplicationSnapshot;
 
 /// Labels naming a node (the subject of the series, not the node reporting it).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +49,10 @@ pub struct ClusterSnapshot {
     pub state: Arc<MetaState>,
     /// The local clock (Unix ms), for heartbeat ages.
     pub now_unix_ms: u64,
+    /// This node's PG engine states and recovery progress.
+    pub replication: ReplicationSnapshot,
+    /// The cluster's chunk size (recovery progress in bytes).
+    pub chunk_size_bytes: u32,
 }
 
 /// Where the collector gets its snapshot: the node, or a test.
@@ -235,6 +240,8 @@ mod tests {
             raft,
             state,
             now_unix_ms: heartbeat + 1500,
+            replication: ReplicationSnapshot::default(),
+            chunk_size_bytes: 4 << 20,
         };
         let collector = ClusterCollector::new(Arc::new(Fixed(snapshot)), Arc::default());
         let text = encode_for_test(|registry| registry.register_collector(Box::new(collector)));

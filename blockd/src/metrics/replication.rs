@@ -1,15 +1,17 @@
 //! Replication metrics, read at scrape time: PG states from the placement map and the node
-//! states (not from the replication engines, so the data path does no extra work), recovery
-//! and scrub progress, and the replica write latency the peer transport measures.
+//! states, refined by this node's own engines (the PGs it leads that are peering or
+//! recovering), recovery progress from the replication service's stats, scrub progress, and
+//! the replica write latency the peer transport measures.
 //!
 //! A PG is `active` when every member of its up set is on an up node, `degraded` when at
-//! least the pool's `min_size` are, `inactive` below that (its I/O blocks). Peering,
-//! recovery, backfill and scrub do not exist yet: their gauges and counters are reported at
-//! zero so dashboards and alerts work unchanged when they land, and the last completed scrub
-//! is the cluster's creation time.
+//! least the pool's `min_size` are, `inactive` below that (its I/O blocks); a PG this node
+//! leads counts as `peering` or `recovering` while its engine is. Backfill and scrub do not
+//! exist yet: their gauges and counters are reported at zero so dashboards and alerts work
+//! unchanged when they land, and the last completed scrub is the cluster's creation time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use basalt::ids::PgId;
 use basalt::meta::MetaState;
 use basalt::placement::{NodeState, PoolId};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -18,6 +20,7 @@ use prometheus_client::metrics::MetricType;
 use super::cluster::ClusterSnapshot;
 use super::{encode_counter, encode_gauge, encode_gauges};
 use crate::peer::PeerStats;
+use crate::replication::{PgKey, PgState as EngineState};
 
 /// Every PG state a gauge exists for.
 pub const PG_STATES: [PgState; 6] = [
@@ -36,9 +39,9 @@ pub enum PgState {
     Active,
     /// At least `min_size` members up.
     Degraded,
-    /// Members agreeing on the PG's history (not reported yet: always 0).
+    /// A new primary of this node agreeing with the members on the PG's history.
     Peering,
-    /// Missing writes being copied to a member (not reported yet: always 0).
+    /// A primary of this node copying missed writes to a member.
     Recovering,
     /// A new member being filled (not reported yet: always 0).
     Backfilling,
@@ -69,15 +72,35 @@ pub struct PgStateLabels {
     pub state: &'static str,
 }
 
-/// PGs per pool and state, every state present (at zero) for every pool of the map.
-pub fn pg_states(state: &MetaState) -> BTreeMap<(PoolId, PgState), u64> {
+/// PGs per pool and state, every state present (at zero) for every pool of the map. `local`
+/// is this node's engines' states: a PG it leads that is peering or recovering counts so.
+pub fn pg_states(
+    state: &MetaState,
+    local: &[(PgKey, EngineState)],
+) -> BTreeMap<(PoolId, PgState), u64> {
+    let engines: HashMap<(PoolId, PgId), EngineState> = local
+        .iter()
+        .map(|(key, state)| ((key.pool, key.pg), *state))
+        .collect();
     let mut counts = BTreeMap::new();
     for pool in state.map().pools() {
         let spec = pool.spec();
         for s in PG_STATES {
             counts.insert((spec.id, s), 0);
         }
-        for pg in pool.pgs() {
+        for (index, pg) in pool.pgs().iter().enumerate() {
+            let id = PgId(u32::try_from(index).unwrap_or(u32::MAX));
+            match engines.get(&(spec.id, id)) {
+                Some(EngineState::Peering) => {
+                    *counts.entry((spec.id, PgState::Peering)).or_default() += 1;
+                    continue;
+                }
+                Some(EngineState::Recovering) => {
+                    *counts.entry((spec.id, PgState::Recovering)).or_default() += 1;
+                    continue;
+                }
+                _ => {}
+            }
             let up = pg
                 .up()
                 .iter()
@@ -96,13 +119,12 @@ pub fn pg_states(state: &MetaState) -> BTreeMap<(PoolId, PgState), u64> {
     counts
 }
 
-/// Encodes the replication families of `snapshot`.
-pub fn encode(
+/// Encodes the PG-state gauges.
+fn encode_pg_states(
     encoder: &mut DescriptorEncoder,
     snapshot: &ClusterSnapshot,
-    peers: &PeerStats,
 ) -> Result<(), std::fmt::Error> {
-    let pgs = pg_states(&snapshot.state)
+    let pgs = pg_states(&snapshot.state, &snapshot.replication.states)
         .into_iter()
         .map(|((pool, s), count)| {
             let labels = PgStateLabels {
@@ -117,32 +139,55 @@ pub fn encode(
         "pgs",
         "PGs per pool and state (this node's view of the cluster)",
         pgs,
-    )?;
-    let gauges: [(&str, &str); 3] = [
+    )
+}
+
+/// Encodes the replication families of `snapshot`.
+pub fn encode(
+    encoder: &mut DescriptorEncoder,
+    snapshot: &ClusterSnapshot,
+    peers: &PeerStats,
+) -> Result<(), std::fmt::Error> {
+    encode_pg_states(encoder, snapshot)?;
+    let replication = &snapshot.replication;
+    let remaining_objects = replication.remaining_chunks;
+    let gauges: [(&str, &str, u64); 3] = [
         (
             "recovery_remaining_bytes",
-            "Bytes this node still has to recover (recovery is not implemented yet: 0)",
+            "Bytes this node's primaries still have to copy in their current recovery passes \
+             (at most a chunk each)",
+            remaining_objects * u64::from(snapshot.chunk_size_bytes),
         ),
         (
             "recovery_remaining_objects",
-            "Chunks this node still has to recover (recovery is not implemented yet: 0)",
+            "Chunks this node's primaries still have to copy in their current recovery passes",
+            remaining_objects,
         ),
         (
             "scrub_progress_ratio",
             "Fraction of this node's current scrub pass done (scrub is not implemented yet: 0)",
+            0,
         ),
     ];
-    for (name, help) in gauges {
-        encode_gauge(encoder, name, help, 0u64)?;
+    for (name, help, value) in gauges {
+        encode_gauge(encoder, name, help, value)?;
     }
-    let counters: [(&str, &str); 4] = [
-        ("recovery_bytes", "Bytes recovered by this node"),
-        ("recovery_objects", "Chunks recovered by this node"),
-        ("scrub_chunks", "Chunks scrubbed by this node"),
-        ("scrub_repairs", "Chunks repaired by this node's scrubs"),
+    let counters: [(&str, &str, u64); 4] = [
+        (
+            "recovery_bytes",
+            "Bytes copied by this node's peering and recovery",
+            replication.recovered_bytes,
+        ),
+        (
+            "recovery_objects",
+            "Chunks copied or deleted by this node's peering and recovery",
+            replication.recovered_chunks,
+        ),
+        ("scrub_chunks", "Chunks scrubbed by this node", 0),
+        ("scrub_repairs", "Chunks repaired by this node's scrubs", 0),
     ];
-    for (name, help) in counters {
-        encode_counter(encoder, name, help, 0)?;
+    for (name, help, value) in counters {
+        encode_counter(encoder, name, help, value)?;
     }
     let created_ms = snapshot.state.cluster().map_or(0, |c| c.created_unix_ms);
     encode_gauge(
@@ -207,7 +252,7 @@ pub(crate) mod tests {
     }
 
     fn count(state: &MetaState, s: PgState) -> u64 {
-        pg_states(state)
+        pg_states(state, &[])
             .iter()
             .filter(|((_, state), _)| *state == s)
             .map(|(_, n)| n)
@@ -220,7 +265,7 @@ pub(crate) mod tests {
     fn pg_states_follow_node_states() {
         let mut state = cluster();
         assert_eq!(count(&state, PgState::Active), 8);
-        assert_eq!(pg_states(&state).len(), PG_STATES.len());
+        assert_eq!(pg_states(&state, &[]).len(), PG_STATES.len());
         apply(
             &mut state,
             T0 + 10,
@@ -235,5 +280,28 @@ pub(crate) mod tests {
         );
         assert_eq!(count(&state, PgState::Inactive), 8);
         assert_eq!(count(&state, PgState::Peering), 0);
+    }
+
+    /// Goal: PGs this node's engines are peering or recovering count in those states instead
+    /// of the state the map alone gives; other engine states leave the map's answer.
+    #[test]
+    fn local_engines_refine_pg_states() {
+        let state = cluster();
+        let pool = state
+            .map()
+            .pools()
+            .first()
+            .map(|p| p.spec().id)
+            .expect("a pool");
+        let key = |pg| PgKey { pool, pg: PgId(pg) };
+        let local = [
+            (key(0), EngineState::Peering),
+            (key(1), EngineState::Recovering),
+            (key(2), EngineState::Replica),
+        ];
+        let counts = pg_states(&state, &local);
+        assert_eq!(counts[&(pool, PgState::Peering)], 1);
+        assert_eq!(counts[&(pool, PgState::Recovering)], 1);
+        assert_eq!(counts[&(pool, PgState::Active)], 6);
     }
 }

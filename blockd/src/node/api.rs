@@ -72,6 +72,8 @@ impl ClusterSource for NodeClusterSource {
             raft: self.0.meta.status(),
             state: self.0.meta.read_state(),
             now_unix_ms: super::now_unix_ms(),
+            replication: self.0.replication_stats.snapshot(),
+            chunk_size_bytes: self.0.maps().current().chunk_size_bytes,
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct NodeShared {
     maps: MapWatch,
     /// This node's read lease (its expiry), extended by heartbeats the leader answers.
     lease: tokio::sync::watch::Sender<Option<std::time::Instant>>,
+    /// PG states and recovery progress the replication service reports (metrics, API).
+    pub replication_stats: Arc<crate::replication::ReplicationStats>,
 }
 
 /// A started node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -121,6 +123,7 @@ impl Node {
             detector: Mutex::new(None),
             maps,
             lease: tokio::sync::watch::Sender::new(None),
+            replication_stats: Arc::default(),
         });
 
         let (failure_tx, failure_rx) = tokio::sync::mpsc::channel(FAILURE_REPORTS_QUEUED_MAX);
@@ -218,6 +221,7 @@ async fn start_replication(
 ) -> anyhow::Result<Arc<ReplicationService>> {
     let mut config = ReplicationConfig::new(shared.node_id);
     config.leases = Some(shared.lease.subscribe());
+    config.stats = Arc::clone(&shared.replication_stats);
     config.limits.lease_wait = lease_duration(&shared.config);
     ReplicationService::start(
         config,

@@ -27,9 +27,10 @@ use super::pg::{Lease, PgEngine, RecoveryVerdict};
 use super::recovery::{RecoveryCtx, Throttle, pg_labels};
 use super::recovery_msg::{PushStep, RecoveryReply};
 use super::service::{FailureReport, PgKey, map_view};
+use super::stats::ReplicationStats;
 use super::types::{
     Action, ChunkRange, ClientFlush, ClientRead, ClientWrite, MemberSync, Mutation, Outcome,
-    Peered, ReplicaReply, Replicate, SyncPoint, Token, store_status,
+    Peered, PgState, ReplicaReply, Replicate, SyncPoint, Token, store_status,
 };
 use crate::peer::{PeerError, Peers, Reply};
 use crate::store::{Store, StoreError};
@@ -178,6 +179,8 @@ pub(crate) struct PgTask {
     pub(crate) throttle: Arc<Throttle>,
     /// The node's read lease, if enforced.
     pub(crate) lease: Option<watch::Receiver<Option<Instant>>>,
+    /// Where the PG's state and recovery progress are reported.
+    pub(crate) stats: Arc<ReplicationStats>,
 }
 
 /// The running state of a PG task.
@@ -194,6 +197,8 @@ struct Actor {
     jobs: CancellationToken,
     jobs_epoch: Epoch,
     final_phase: Option<FinalPhase>,
+    /// The state last reported to `stats`.
+    reported_state: Option<PgState>,
 }
 
 /// Runs the PG until `cancel` fires or every inbox sender is gone.
@@ -209,6 +214,7 @@ pub(crate) async fn run(task: PgTask, inbox: mpsc::Receiver<Input>, cancel: Canc
         jobs: CancellationToken::new(),
         jobs_epoch: Epoch::default(),
         final_phase: None,
+        reported_state: None,
     };
     actor.jobs_epoch = actor.task.engine.epoch();
     actor.apply_lease();
@@ -224,6 +230,11 @@ impl Actor {
         let mut armed: Option<Instant> = None;
         loop {
             self.perform().await;
+            let state = self.task.engine.state();
+            if self.reported_state != Some(state) {
+                self.reported_state = Some(state);
+                self.task.stats.set_state(self.task.key, state);
+            }
             let next = self.next_deadline();
             if next != armed {
                 if let Some(at) = next {
@@ -288,6 +299,7 @@ impl Actor {
             self.jobs = CancellationToken::new();
             self.jobs_epoch = epoch;
             self.final_phase = None;
+            self.task.stats.clear_remaining(self.task.key);
         }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
             .into_iter()
@@ -539,6 +551,7 @@ impl Actor {
             view: Arc::clone(&self.task.view.borrow()),
             chunk_size_bytes: self.task.store.chunk_size_bytes(),
             throttle: Arc::clone(&self.task.throttle),
+            stats: Arc::clone(&self.task.stats),
             call_timeout: self.task.replicate_timeout,
             cancel: self.jobs.clone(),
         }

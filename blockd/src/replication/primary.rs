@@ -241,8 +241,8 @@ impl<P: Clone> Primary<P> {
         self.request_recovery(shared);
     }
 
-    /// A recovery pass found little left to copy to `member`: pause new writes and, once none
-    /// is in flight, emit [`Action::FinalSync`]. False (and nothing changes) when the member
+    /// A recovery pass found little left to copy to `member`: pause new writes and, once every
+    /// assigned one is durable here, emit [`Action::FinalSync`]. False (and nothing changes) when the member
     /// does not need recovery in this epoch or another member is finishing.
     pub(crate) fn recovery_ready(
         &mut self,
@@ -269,7 +269,9 @@ impl<P: Clone> Primary<P> {
         let Some(final_sync) = &mut self.final_sync else {
             return;
         };
-        if final_sync.emitted || !self.pending.is_empty() {
+        // Writes already assigned may stay pending (they may wait for this very member to
+        // make `min_size`): once all of them are durable here, the final copy carries them.
+        if final_sync.emitted || shared.local.durable_through() != shared.local.head().version {
             return;
         }
         final_sync.emitted = true;
@@ -297,6 +299,15 @@ impl<P: Clone> Primary<P> {
         if ok && let Some(m) = self.members.iter_mut().find(|m| m.node == member) {
             tracing::info!(pg = %shared.config.pg, node = %member, head = %shared.local.head(), "member recovered, back in the write path");
             m.sync = MemberSync::InSync;
+            // The final copy included every write assigned so far (all durable here, none
+            // assigned since): the member holds each pending one durably.
+            for op in self.pending.values_mut() {
+                op.waiting.retain(|w| w.node != member);
+                if !op.acked.contains(&member) {
+                    op.acked.push(member);
+                }
+            }
+            self.try_complete_all(shared);
         }
         self.pump(shared, now);
     }
@@ -509,6 +520,7 @@ impl<P: Clone> Primary<P> {
 
     /// The local store's durable prefix grew.
     pub(crate) fn local_durable(&mut self, shared: &mut Shared<P>) {
+        self.maybe_final_sync(shared);
         let durable = shared.local.durable_through();
         let mut newly = Vec::new();
         for (version, op) in self.pending.range_mut(..=durable) {

@@ -21,6 +21,7 @@ use super::recovery_msg::{
 };
 use super::recovery_plan::{ChunkFix, Labels, diff, level_members, plan_peering};
 use super::service::PgKey;
+use super::stats::ReplicationStats;
 use super::types::Peered;
 use crate::peer::Peers;
 use crate::store::{ChunkInfo, Store, StoreError};
@@ -117,6 +118,7 @@ pub(crate) struct RecoveryCtx {
     pub(crate) view: Arc<ClusterView>,
     pub(crate) chunk_size_bytes: u32,
     pub(crate) throttle: Arc<Throttle>,
+    pub(crate) stats: Arc<ReplicationStats>,
     pub(crate) call_timeout: Duration,
     pub(crate) cancel: CancellationToken,
 }
@@ -387,8 +389,10 @@ impl RecoveryCtx {
         }
         let plan = plan_peering(&own, &heard);
         for (chunk, node, label) in &plan.pulls {
-            self.copy_chunk(End::Remote(*node), End::Local, epoch, *chunk, *label)
+            let bytes = self
+                .copy_chunk(End::Remote(*node), End::Local, epoch, *chunk, *label)
                 .await?;
+            self.stats.add_recovered(bytes);
         }
         if self.own_labels().await? != plan.adopted {
             return Err(RecoveryError::NotLevel);
@@ -435,19 +439,25 @@ impl RecoveryCtx {
         let theirs = self.member_labels(member, epoch).await?;
         let fixes = diff(&own, &theirs);
         let mut bytes = 0;
+        let mut left = fixes.len() as u64;
         for fix in &fixes {
-            match *fix {
+            self.stats.set_remaining(self.key, member, left);
+            let copied = match *fix {
                 ChunkFix::Copy { chunk, label } => {
-                    bytes += self
-                        .copy_chunk(End::Local, End::Remote(member), epoch, chunk, label)
-                        .await?;
+                    self.copy_chunk(End::Local, End::Remote(member), epoch, chunk, label)
+                        .await?
                 }
                 ChunkFix::Delete { chunk } => {
                     self.apply_step(End::Remote(member), epoch, chunk, PushStep::Delete)
                         .await?;
+                    0
                 }
-            }
+            };
+            self.stats.add_recovered(copied);
+            bytes += copied;
+            left -= 1;
         }
+        self.stats.set_remaining(self.key, member, 0);
         if !fixes.is_empty() {
             tracing::info!(pg = %self.key, %member, chunks = fixes.len(), bytes, "recovery pass");
         }

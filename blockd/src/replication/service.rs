@@ -29,6 +29,7 @@ use super::recovery::Throttle;
 use super::recovery_msg::{
     RECOVERY_PIECE_BYTES_MAX, RECOVERY_VERSION, RecoveryReply, RecoveryRequest,
 };
+use super::stats::ReplicationStats;
 use super::types::{
     ChunkRange, EngineError, Limits, MapView, Mutation, OpKind, PgConfig, store_status,
 };
@@ -78,6 +79,8 @@ pub struct ReplicationConfig {
     /// The node's read lease (its expiry), kept by the heartbeat loop; `None` when there is no
     /// metadata service to grant one (leases not enforced). Set `limits.lease_wait` with it.
     pub leases: Option<watch::Receiver<Option<Instant>>>,
+    /// Where the PG tasks report states and recovery progress (shared with metrics).
+    pub stats: Arc<ReplicationStats>,
 }
 
 /// Default recovery bandwidth of a node: well below a drive's and a 10 GbE link's, so client
@@ -94,6 +97,7 @@ impl ReplicationConfig {
             pg_inbox_depth: PG_INBOX_DEPTH_DEFAULT,
             recovery_bytes_per_sec: RECOVERY_BYTES_PER_SEC_DEFAULT,
             leases: None,
+            stats: Arc::default(),
         }
     }
 }
@@ -514,6 +518,7 @@ impl Inner {
             replicate_timeout: self.config.limits.op_timeout,
             throttle: Arc::clone(&self.throttle),
             lease: self.config.leases.clone(),
+            stats: Arc::clone(&self.config.stats),
         };
         self.tracker
             .spawn(actor::run(task, inbox, self.cancel.child_token()));

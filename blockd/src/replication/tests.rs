@@ -973,3 +973,35 @@ fn reads_need_the_lease_and_a_new_primary_waits_out_the_old_one() {
     assert_eq!(q.state(), PgState::Active);
     assert!(matches!(drain(&mut q)[0], Action::LocalApply { .. }));
 }
+
+#[test]
+fn final_sync_completes_writes_that_waited_for_the_member() {
+    // Goal: a write assigned with two copies, whose second copy then leaves the write path
+    // (it answered Unsynced), waits below min_size; recovering that member does not need the
+    // write to finish first: the final sync runs once it is durable locally, and the
+    // recovered member counts as its copy.
+    let now = Instant::now();
+    let mut p = engine(1, map(5, &[1, 2], 2), 10, now);
+    accepted(p.handle_client_write(now, write(1, 5, 7)));
+    drain(&mut p);
+    p.handle_replica_reply(now, reply(11, 2, Status::Unsynced, 5));
+    assert!(drain(&mut p).contains(&Action::Recover {
+        member: node(2),
+        epoch: Epoch(5)
+    }));
+    assert!(p.handle_recovery_ready(now, node(2), Epoch(5)));
+    assert!(drain(&mut p).is_empty(), "v11 not durable here yet");
+    p.handle_local_done(now, 11, Ok(()));
+    let head = p.head();
+    assert_eq!(
+        drain(&mut p),
+        vec![Action::FinalSync {
+            member: node(2),
+            epoch: Epoch(5),
+            head
+        }]
+    );
+    p.handle_recovery_done(now, node(2), Epoch(5), true);
+    assert_eq!(replies(&drain(&mut p)), vec![(1, Status::Ok)]);
+    assert_eq!(p.state(), PgState::Active);
+}

@@ -447,8 +447,10 @@ pub enum Action<P> {
         /// The epoch the recovery runs in.
         epoch: Epoch,
     },
-    /// Writes are paused and none is in flight: copy the chunks that still differ to `member`,
-    /// send it a [`SyncPoint`] at `head`, and report with `handle_recovery_done`.
+    /// New writes are paused and every assigned one is durable locally: copy the chunks that
+    /// still differ to `member`, send it a [`SyncPoint`] at `head`, and report with
+    /// `handle_recovery_done` (the member then also counts as a copy of the writes still
+    /// pending, which may have waited for it to reach `min_size`).
     FinalSync {
         /// The member.
         member: NodeId,
