@@ -293,6 +293,17 @@ impl Drop for TestCluster {
                 let _ = child.wait();
             }
         }
+        // A failed test's node logs survive its temporary directory when asked to.
+        if std::thread::panicking()
+            && let Some(keep) = std::env::var_os("BASALT_KEEP_LOGS")
+        {
+            let keep = PathBuf::from(keep);
+            let _ = std::fs::create_dir_all(&keep);
+            for node in &self.nodes {
+                let name = format!("net{}-node{}.log", self.net, node.n);
+                let _ = std::fs::copy(&node.log_path, keep.join(name));
+            }
+        }
     }
 }
 
