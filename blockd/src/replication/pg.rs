@@ -196,6 +196,28 @@ impl<P: Clone> PgEngine<P> {
         }
     }
 
+    /// Runs `serve` on a request that passed the epoch check; hands it back as `MapBehind`
+    /// when it is from a newer map.
+    fn gated<R>(
+        &mut self,
+        token: Token,
+        epoch: Epoch,
+        request: R,
+        serve: impl FnOnce(&mut Self, R),
+    ) -> Outcome<R> {
+        match self.gate(token, epoch) {
+            Gate::Behind => Outcome::MapBehind {
+                wanted: epoch,
+                request,
+            },
+            Gate::Answered => Outcome::Accepted,
+            Gate::Pass => {
+                serve(self, request);
+                Outcome::Accepted
+            }
+        }
+    }
+
     fn gate(&mut self, token: Token, epoch: Epoch) -> Gate {
         if let Role::Failed(status) = self.role {
             self.shared.reply(token, status);
@@ -220,38 +242,24 @@ impl<P: Clone> PgEngine<P> {
         now: Instant,
         request: ClientWrite<P>,
     ) -> Outcome<ClientWrite<P>> {
-        match self.gate(request.token, request.epoch) {
-            Gate::Behind => Outcome::MapBehind {
-                wanted: request.epoch,
-                request,
-            },
-            Gate::Answered => Outcome::Accepted,
-            Gate::Pass => {
-                match &mut self.role {
-                    Role::Primary(primary) => primary.client_write(&mut self.shared, now, request),
-                    _ => self.shared.reply(request.token, Status::NotPrimary),
-                }
-                Outcome::Accepted
+        let (token, epoch) = (request.token, request.epoch);
+        self.gated(token, epoch, request, |engine, request| {
+            match &mut engine.role {
+                Role::Primary(primary) => primary.client_write(&mut engine.shared, now, request),
+                _ => engine.shared.reply(request.token, Status::NotPrimary),
             }
-        }
+        })
     }
 
     /// A client read: served from the local store by the primary while it holds its lease.
     pub fn handle_client_read(&mut self, now: Instant, request: ClientRead) -> Outcome<ClientRead> {
-        match self.gate(request.token, request.epoch) {
-            Gate::Behind => Outcome::MapBehind {
-                wanted: request.epoch,
-                request,
-            },
-            Gate::Answered => Outcome::Accepted,
-            Gate::Pass => {
-                match &mut self.role {
-                    Role::Primary(primary) => primary.client_read(&mut self.shared, now, request),
-                    _ => self.shared.reply(request.token, Status::NotPrimary),
-                }
-                Outcome::Accepted
+        let (token, epoch) = (request.token, request.epoch);
+        self.gated(token, epoch, request, |engine, request| {
+            match &mut engine.role {
+                Role::Primary(primary) => primary.client_read(&mut engine.shared, now, request),
+                _ => engine.shared.reply(request.token, Status::NotPrimary),
             }
-        }
+        })
     }
 
     /// A client flush: answered once every write accepted before it has been answered.
@@ -260,20 +268,13 @@ impl<P: Clone> PgEngine<P> {
         now: Instant,
         request: ClientFlush,
     ) -> Outcome<ClientFlush> {
-        match self.gate(request.token, request.epoch) {
-            Gate::Behind => Outcome::MapBehind {
-                wanted: request.epoch,
-                request,
-            },
-            Gate::Answered => Outcome::Accepted,
-            Gate::Pass => {
-                match &mut self.role {
-                    Role::Primary(primary) => primary.client_flush(&mut self.shared, now, request),
-                    _ => self.shared.reply(request.token, Status::NotPrimary),
-                }
-                Outcome::Accepted
+        let (token, epoch) = (request.token, request.epoch);
+        self.gated(token, epoch, request, |engine, request| {
+            match &mut engine.role {
+                Role::Primary(primary) => primary.client_flush(&mut engine.shared, now, request),
+                _ => engine.shared.reply(request.token, Status::NotPrimary),
             }
-        }
+        })
     }
 
     /// A REPLICATE_* frame from the primary: applied in version order, answered `Ok` once
@@ -283,28 +284,21 @@ impl<P: Clone> PgEngine<P> {
         now: Instant,
         request: Replicate<P>,
     ) -> Outcome<Replicate<P>> {
-        match self.gate(request.token, request.epoch) {
-            Gate::Behind => Outcome::MapBehind {
-                wanted: request.epoch,
-                request,
-            },
-            Gate::Answered => Outcome::Accepted,
-            Gate::Pass => {
-                match &mut self.role {
-                    Role::Replica(replica) => replica.replicate(&mut self.shared, now, request),
-                    _ => {
-                        tracing::warn!(
-                            pg = %self.shared.config.pg,
-                            from = %request.from,
-                            epoch = %request.epoch,
-                            "replicate from a node that is not our primary in the same epoch"
-                        );
-                        self.shared.reply(request.token, Status::Invalid);
-                    }
+        let (token, epoch) = (request.token, request.epoch);
+        self.gated(token, epoch, request, |engine, request| {
+            match &mut engine.role {
+                Role::Replica(replica) => replica.replicate(&mut engine.shared, now, request),
+                _ => {
+                    tracing::warn!(
+                        pg = %engine.shared.config.pg,
+                        from = %request.from,
+                        epoch = %request.epoch,
+                        "replicate from a node that is not our primary in the same epoch"
+                    );
+                    engine.shared.reply(request.token, Status::Invalid);
                 }
-                Outcome::Accepted
             }
-        }
+        })
     }
 
     /// A replica's answer to a [`Action::Replicate`]. Ignored unless this node is the primary
@@ -404,20 +398,13 @@ impl<P: Clone> PgEngine<P> {
 
     /// A sync point from the primary (see [`SyncPoint`]).
     pub fn handle_sync_point(&mut self, _now: Instant, request: SyncPoint) -> Outcome<SyncPoint> {
-        match self.gate(request.token, request.epoch) {
-            Gate::Behind => Outcome::MapBehind {
-                wanted: request.epoch,
-                request,
-            },
-            Gate::Answered => Outcome::Accepted,
-            Gate::Pass => {
-                match &mut self.role {
-                    Role::Replica(replica) => replica.sync_point(&mut self.shared, request),
-                    _ => self.shared.reply(request.token, Status::NotPrimary),
-                }
-                Outcome::Accepted
+        let (token, epoch) = (request.token, request.epoch);
+        self.gated(token, epoch, request, |engine, request| {
+            match &mut engine.role {
+                Role::Replica(replica) => replica.sync_point(&mut engine.shared, request),
+                _ => engine.shared.reply(request.token, Status::NotPrimary),
             }
-        }
+        })
     }
 
     fn fail(&mut self, status: Status) {
