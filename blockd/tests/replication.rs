@@ -21,8 +21,8 @@ use blockd::frontends::{VolumeBackend, VolumeExtent};
 use blockd::gateway::{Gateway, GatewayConfig, VolumeSpec};
 use blockd::peer::{PeerConfig, PeerServer, Peers, Router};
 use blockd::replication::{
-    AllocationRun, BLOCK_STATUS_VERSION, BlockStatusReply, BlockStatusRequest, FailureReport,
-    Limits, ReplicationConfig, ReplicationService,
+    AllocationRun, BLOCK_STATUS_VERSION, BlockStatusReply, BlockStatusRequest, Limits, MetaReport,
+    ReplicationConfig, ReplicationService,
 };
 use blockd::store::geometry::GeometryOptions;
 use blockd::store::handle::format;
@@ -88,8 +88,8 @@ struct Node {
     id: NodeId,
     store: Arc<Store>,
     running: Mutex<Running>,
-    reports: mpsc::Sender<FailureReport>,
-    failures: tokio::sync::Mutex<mpsc::Receiver<FailureReport>>,
+    reports: mpsc::Sender<MetaReport>,
+    failures: tokio::sync::Mutex<mpsc::Receiver<MetaReport>>,
     _dir: TempDir,
 }
 
@@ -156,7 +156,7 @@ async fn run_node(
     id: NodeId,
     store: &Arc<Store>,
     view: ClusterView,
-    reports: mpsc::Sender<FailureReport>,
+    reports: mpsc::Sender<MetaReport>,
 ) -> Running {
     let (views, maps) = map_channel(view);
     let drive: DriveId = store.superblock().drive_id;
@@ -479,13 +479,59 @@ impl Cluster {
         all
     }
 
+    /// Applies every `Settle` report the nodes sent so far (as the metadata service would) and
+    /// publishes the map if any PG settled; returns how many did.
+    async fn apply_settles(&self) -> usize {
+        let mut settled = 0;
+        for node in &self.nodes {
+            let mut receiver = node.failures.lock().await;
+            while let Ok(report) = receiver.try_recv() {
+                let MetaReport::Settle { pg, since } = report else {
+                    continue;
+                };
+                let mut placement = self.placement();
+                let Placement {
+                    description, map, ..
+                } = &mut *placement;
+                if let Ok(update) = map.settle(pg.pool, pg.pg, since, description) {
+                    settled += update.changed_pgs;
+                }
+            }
+        }
+        if settled > 0 {
+            self.publish(&[0, 1, 2]);
+        }
+        settled
+    }
+
+    /// Waits until no PG of the map is transitional, settling what the primaries report.
+    async fn wait_settled(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT_MAX;
+        loop {
+            self.apply_settles().await;
+            let pending = self.placement().map.pools()[0]
+                .pgs()
+                .iter()
+                .filter(|pg| pg.is_pending())
+                .count();
+            if pending == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{pending} PGs did not settle in time"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until node `node` reports `failed`.
     async fn expect_report(&self, node: usize, failed: NodeId) {
         let mut receiver = self.nodes[node].failures.lock().await;
         let wait = async {
             loop {
                 match receiver.recv().await {
-                    Some(FailureReport::Peer { node, .. }) if node == failed => return,
+                    Some(MetaReport::Peer { node, .. }) if node == failed => return,
                     Some(_) => continue,
                     None => panic!("failure channel closed"),
                 }
@@ -1042,11 +1088,30 @@ async fn returning_member_is_recovered_and_rejoins() {
     cluster.publish(&[0, 1, 2]);
     write_round(&cluster, &chunks, 2).await;
     write_round(&cluster, &chunks, 3).await;
+    let away = cluster.placement().map.clone();
     cluster.restart_node(2).await;
     cluster.mark_up(2);
     cluster.publish(&[0, 1, 2]);
+    // Back in its PGs, but the primaries that served while it was away keep the role.
+    let returned = cluster.placement().map.clone();
+    for (before, after) in away.pools()[0].pgs().iter().zip(returned.pools()[0].pgs()) {
+        assert_eq!(before.primary(), after.primary());
+    }
     cluster.wait_converged(&chunks).await;
     write_round(&cluster, &chunks, 4).await;
+    cluster.wait_converged(&chunks).await;
+    // Recovered everywhere: the primaries report in sync and the PGs settle, handing node 3
+    // its primaries back.
+    cluster.wait_settled().await;
+    let me = NodeId(3);
+    let settled = cluster.placement().map.clone();
+    let leads = settled.pools()[0]
+        .pgs()
+        .iter()
+        .filter(|pg| pg.primary().is_some_and(|m| m.node == me))
+        .count();
+    assert!(leads > 0, "node 3 leads PGs again");
+    write_round(&cluster, &chunks, 5).await;
     cluster.wait_converged(&chunks).await;
     let index = chunks[0];
     let stored = cluster.stored_all(index, 0, cluster.chunk_size_bytes).await;

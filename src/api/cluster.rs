@@ -15,8 +15,10 @@ pub enum NodeStatus {
     Up,
     /// Silent for `down_after`; left out of acting sets until it returns.
     Down,
-    /// Gone (or drained): its replicas were reassigned.
+    /// Gone (or drained and stopped): its replicas were reassigned.
     Out,
+    /// Being drained: its replicas are rebuilt elsewhere while it keeps serving them.
+    Draining,
 }
 
 impl From<NodeState> for NodeStatus {
@@ -25,6 +27,7 @@ impl From<NodeState> for NodeStatus {
             NodeState::Up => NodeStatus::Up,
             NodeState::Down => NodeStatus::Down,
             NodeState::Out => NodeStatus::Out,
+            NodeState::Draining => NodeStatus::Draining,
         }
     }
 }
@@ -227,6 +230,9 @@ pub struct NodeCounts {
     pub down: u32,
     /// Out.
     pub out: u32,
+    /// Draining.
+    #[serde(default)]
+    pub draining: u32,
 }
 
 /// PG counts by status.
@@ -307,6 +313,7 @@ impl ClusterStatus {
                 NodeState::Up => &mut nodes.up,
                 NodeState::Down => &mut nodes.down,
                 NodeState::Out => &mut nodes.out,
+                NodeState::Draining => &mut nodes.draining,
             };
             *count = count.saturating_add(1);
         }

@@ -223,7 +223,8 @@ impl From<&MetaError> for ProblemType {
             MetaError::AlreadyInitialized { .. } => P::AlreadyInitialized,
             MetaError::InvalidClusterParams { .. }
             | MetaError::InvalidNode { .. }
-            | MetaError::InvalidTokenName { .. } => P::InvalidParameter,
+            | MetaError::InvalidTokenName { .. }
+            | MetaError::PgNotFound { .. } => P::InvalidParameter,
             MetaError::NodeNotFound { .. } => P::NodeNotFound,
             MetaError::DriveInUse { .. } => P::DriveInUse,
             MetaError::NotEnoughNodes { .. } => P::NotEnoughNodes,

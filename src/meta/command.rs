@@ -5,7 +5,8 @@
 //! secrets never enter the log: tokens travel as their SHA-256.
 
 use super::types::{DriveInfo, NodeAddresses, NodeRole, TokenRole};
-use crate::ids::{ClusterId, NodeId, VolumeId};
+use crate::ids::{ClusterId, Epoch, NodeId, PgId, VolumeId};
+use crate::placement::PoolId;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -77,6 +78,16 @@ pub enum CommandKind {
         /// An operator drained it (the failure detector will not bring it back).
         by_operator: bool,
     },
+    /// Ends a PG's transitional acting set (`PlacementMap::settle`): its primary reports every
+    /// acting member in sync under the placement that changed at `since`.
+    SettlePg {
+        /// The PG's pool.
+        pool: PoolId,
+        /// The PG.
+        pg: PgId,
+        /// The epoch the reported placement changed in (a report about an older one is stale).
+        since: Epoch,
+    },
     /// Creates a volume.
     CreateVolume {
         /// Unique name.
@@ -138,6 +149,9 @@ impl fmt::Display for CommandKind {
             CommandKind::MarkNodeOut { node, by_operator } => {
                 let who = if *by_operator { "operator" } else { "detector" };
                 write!(f, "mark-node-out {node} by {who}")
+            }
+            CommandKind::SettlePg { pool, pg, since } => {
+                write!(f, "settle-pg {pool}/{} since {since}", pg.0)
             }
             CommandKind::CreateVolume {
                 name, size_bytes, ..

@@ -127,6 +127,8 @@ impl FailureDetector {
                 (silent && down_for >= self.out_after_ms).then_some(Verdict::Out)
             }
             NodeState::Out if heard_recently && !record.out_by_operator => Some(Verdict::Up),
+            // A draining node that stopped: its drain is over, whether or not it finished.
+            NodeState::Draining if silent => Some(Verdict::Out),
             _ => None,
         }
     }

@@ -53,14 +53,14 @@ impl MetaState {
             for (index, pg) in pool.pgs().iter().enumerate() {
                 let acting_ok = pg.acting().iter().all(|member| {
                     self.nodes.get(&member.node).is_some_and(|node| {
-                        node.state == NodeState::Up
+                        node.state.is_serving()
                             && node.drives.iter().any(|drive| drive.id == member.drive)
                     })
                 });
                 let up_ok = pg.up().iter().all(|member| {
                     self.nodes
                         .get(&member.node)
-                        .is_some_and(|node| node.state != NodeState::Out)
+                        .is_some_and(|node| matches!(node.state, NodeState::Up | NodeState::Down))
                 });
                 if !acting_ok || !up_ok {
                     return Err(StateInvariantError(format!(

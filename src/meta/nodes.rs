@@ -13,10 +13,10 @@ use super::outcome::{CommandResult, MetaError, Outcome};
 use super::state::MetaState;
 use super::types::{ClusterInfo, DriveInfo, NodeAddresses, NodeRecord, NodeRole, is_valid_name};
 use crate::config::is_host_port;
-use crate::ids::NodeId;
+use crate::ids::{Epoch, NodeId, PgId};
 use crate::placement::{
     ClusterDescription, DRIVES_PER_NODE_MAX, DriveDescription, NODES_MAX, NodeDescription,
-    NodeState, PoolSpec, WEIGHT_MAX, ZONE_NAME_LENGTH_MAX, failure_domains,
+    NodeState, PoolId, PoolSpec, SettleError, WEIGHT_MAX, ZONE_NAME_LENGTH_MAX, failure_domains,
 };
 use std::collections::BTreeMap;
 
@@ -155,18 +155,46 @@ impl MetaState {
         self.change_state(node, NodeState::Up, false)
     }
 
+    /// Marks a node out. An operator's mark on a serving node starts a drain (`Draining`: it
+    /// keeps serving until its PGs settled elsewhere); the detector's mark on a draining node
+    /// (it stopped) finishes it, still pinned out by the operator.
     pub(super) fn mark_out(&mut self, node: NodeId, by_operator: bool) -> CommandResult {
         let record = self
             .nodes
             .get_mut(&node)
             .ok_or(MetaError::NodeNotFound { node })?;
-        if record.state == NodeState::Out {
-            // Already out: an operator's mark still pins it out against the detector.
-            let changed = by_operator && !record.out_by_operator;
-            record.out_by_operator |= by_operator;
-            return Ok(self.node_outcome(node, changed));
+        match record.state {
+            NodeState::Out => {
+                // Already out: an operator's mark still pins it out against the detector.
+                let changed = by_operator && !record.out_by_operator;
+                record.out_by_operator |= by_operator;
+                Ok(self.node_outcome(node, changed))
+            }
+            NodeState::Draining if by_operator => Ok(self.node_outcome(node, false)),
+            NodeState::Draining => self.change_state(node, NodeState::Out, true),
+            NodeState::Up if by_operator => self.change_state(node, NodeState::Draining, true),
+            NodeState::Up | NodeState::Down => self.change_state(node, NodeState::Out, by_operator),
         }
-        self.change_state(node, NodeState::Out, by_operator)
+    }
+
+    /// Settles a PG's transitional acting set (see `PlacementMap::settle`).
+    pub(super) fn settle_pg(&mut self, pool: PoolId, pg: PgId, since: Epoch) -> CommandResult {
+        let description = describe(&self.nodes);
+        match self.map.settle(pool, pg, since, &description) {
+            Ok(update) => Ok(Outcome::PgSettled {
+                changed: update.changed_pgs > 0,
+                epoch: self.map.epoch(),
+            }),
+            Err(SettleError::NoSuchPg { pool, pg }) => Err(MetaError::PgNotFound {
+                pool: pool.0,
+                pg: pg.0,
+            }),
+            Err(SettleError::Placement(e)) => Err(e.into()),
+            Err(SettleError::Stale { .. } | SettleError::WouldDropCopy) => Ok(Outcome::PgSettled {
+                changed: false,
+                epoch: self.map.epoch(),
+            }),
+        }
     }
 
     /// Moves a node to `state` and the map with it, or refuses and changes nothing.
@@ -179,7 +207,8 @@ impl MetaState {
         debug_assert_ne!(record.state, state);
         record.state = state;
         record.state_since_unix_ms = now;
-        record.out_by_operator = state == NodeState::Out && by_operator;
+        record.out_by_operator =
+            matches!(state, NodeState::Out | NodeState::Draining) && by_operator;
         if state == NodeState::Up {
             record.last_heartbeat_unix_ms = record.last_heartbeat_unix_ms.max(now);
         }

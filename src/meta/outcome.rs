@@ -33,6 +33,14 @@ pub enum Outcome {
         /// The placement map's epoch now.
         epoch: Epoch,
     },
+    /// `SettlePg`: whether the PG's acting set changed, and the map epoch afterwards. A stale
+    /// report, or one that would drop a copy, changes nothing.
+    PgSettled {
+        /// Whether the map changed.
+        changed: bool,
+        /// The placement map's epoch now.
+        epoch: Epoch,
+    },
     /// `RecordHeartbeats`: how many beats were for known nodes.
     HeartbeatsRecorded {
         /// Beats recorded.
@@ -111,6 +119,14 @@ pub enum MetaError {
         replicas: u8,
         /// Eligible nodes (not out, with drives) after the change.
         available: usize,
+    },
+    /// No such pool or PG.
+    #[error("pg {pg} of pool {pool} does not exist")]
+    PgNotFound {
+        /// The pool's id.
+        pool: u32,
+        /// The PG's id.
+        pg: u32,
     },
     /// Placement refused the cluster description (a bug or a limit).
     #[error("placement: {0}")]

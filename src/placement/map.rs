@@ -13,11 +13,16 @@
 use super::select::Prepared;
 use super::sticky::{NodeBasis, basis_of, changed_nodes, next_up_sets};
 use super::{
-    ClusterDescription, Member, POOLS_MAX, PlacementError, PoolId, PoolSpec, compute_up_sets, pg_of,
+    ClusterDescription, Member, POOLS_MAX, PlacementError, PoolId, PoolSpec, REPLICAS_MAX,
+    compute_up_sets, pg_of,
 };
 use crate::ids::{Epoch, NodeId, PgId, VolumeId};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+/// Most members a transitional acting set may hold beyond the pool's `replicas` (the serving
+/// members the up set dropped). Bounds the fan-out of a write while a PG moves.
+pub const ACTING_EXTRA_MAX: usize = REPLICAS_MAX as usize;
 
 /// One PG's current placement.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +30,10 @@ pub struct PgPlacement {
     up: Vec<Member>,
     acting: Vec<Member>,
     since: Epoch,
+    /// The acting set is transitional: it keeps a primary or members the up set does not give
+    /// it, until the primary reports every member in sync and the PG is settled.
+    #[serde(default)]
+    pending: bool,
 }
 
 impl PgPlacement {
@@ -35,6 +44,8 @@ impl PgPlacement {
     }
 
     /// The ordered acting set: the first member is the primary. Empty when every member is down.
+    /// While the PG is [pending](Self::is_pending) it may hold serving members outside the up
+    /// set (being replaced) and a primary that is not the up set's first.
     pub fn acting(&self) -> &[Member] {
         &self.acting
     }
@@ -48,10 +59,17 @@ impl PgPlacement {
     pub fn since(&self) -> Epoch {
         self.since
     }
+
+    /// Whether the acting set is transitional (see [`PlacementMap::settle`]): data is moving to
+    /// the members the up set names, and the old ones keep serving until it has.
+    pub fn is_pending(&self) -> bool {
+        self.pending
+    }
 }
 
 impl PgPlacement {
-    /// A placement from an up set: the acting set is the up set minus down nodes, order kept.
+    /// A settled placement from an up set: the acting set is the up set minus down nodes, order
+    /// kept.
     fn new(up: Vec<Member>, prepared: &Prepared, since: Epoch) -> Self {
         let acting: Vec<Member> = up
             .iter()
@@ -63,7 +81,57 @@ impl PgPlacement {
             .copied()
             .collect();
         debug_assert!(acting.len() <= up.len());
-        Self { up, acting, since }
+        Self {
+            up,
+            acting,
+            since,
+            pending: false,
+        }
+    }
+
+    /// Steers `self` (settled, freshly computed) from the `previous` placement so that no change
+    /// moves data or the primary role before the data is there:
+    /// - the primary stays the first member of the previous acting set that still acts (so a
+    ///   node coming back is recovered by the primary that served while it was away, instead of
+    ///   taking the role back with stale data and forcing a second failover);
+    /// - previous members that still serve but left the up set (rebalanced away, draining) stay
+    ///   acting after the new ones, so redundancy never drops while a new member backfills.
+    ///
+    /// The result is pending when it differs from the settled set; [`PlacementMap::settle`]
+    /// ends that once the primary reports every member in sync.
+    fn steered_from(
+        mut self,
+        previous: &Self,
+        serving: &impl Fn(&Member) -> bool,
+        replicas: usize,
+    ) -> Self {
+        let holds_node = |set: &[Member], node: NodeId| set.iter().any(|m| m.node == node);
+        let mut retained: Vec<Member> = previous
+            .acting
+            .iter()
+            .filter(|m| serving(m) && !holds_node(&self.acting, m.node))
+            .copied()
+            .collect();
+        // Keep the fan-out bounded; the oldest retained members (first) hold the most data.
+        retained.truncate(ACTING_EXTRA_MAX.min(replicas));
+        let present = |m: &Member| self.acting.contains(m) || retained.contains(m);
+        let primary = previous
+            .acting
+            .iter()
+            .find(|m| present(m))
+            .or(self.acting.first())
+            .copied();
+        let Some(primary) = primary else {
+            return self;
+        };
+        let mut acting = vec![primary];
+        acting.extend(self.acting.iter().filter(|m| **m != primary));
+        acting.extend(retained.iter().filter(|m| **m != primary));
+        if acting != self.acting {
+            self.acting = acting;
+            self.pending = true;
+        }
+        self
     }
 }
 
@@ -137,6 +205,49 @@ pub struct MapUpdate {
 #[error("placement map invariant violated: {0}")]
 pub struct MapInvariantError(pub String);
 
+/// Why a PG was not settled.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum SettleError {
+    /// No such pool or PG.
+    #[error("{pool} has no pg {}", pg.0)]
+    NoSuchPg {
+        /// The pool named.
+        pool: PoolId,
+        /// The PG named.
+        pg: PgId,
+    },
+    /// The PG's acting set changed after the report (it changed in `since`).
+    #[error("the placement changed since (in epoch {since})")]
+    Stale {
+        /// When the PG's acting set last changed.
+        since: Epoch,
+    },
+    /// Settling now would leave fewer members than the PG has: a new member is down.
+    #[error("settling would drop a copy: a member of the up set is down")]
+    WouldDropCopy,
+    /// The cluster description is invalid.
+    #[error(transparent)]
+    Placement(PlacementError),
+}
+
+/// The drives of nodes that run and serve what they hold (up or draining), sorted: the members
+/// a transitional acting set may keep.
+fn serving_members(cluster: &ClusterDescription) -> Vec<Member> {
+    let mut members: Vec<Member> = cluster
+        .nodes
+        .iter()
+        .filter(|node| node.state.is_serving())
+        .flat_map(|node| {
+            node.drives.iter().map(|drive| Member {
+                node: node.id,
+                drive: drive.id,
+            })
+        })
+        .collect();
+    members.sort_unstable();
+    members
+}
+
 /// Every pool's acting sets, versioned by an epoch that rises on every change.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacementMap {
@@ -192,6 +303,63 @@ impl PlacementMap {
         self.apply(cluster, None)
     }
 
+    /// Ends a PG's transition: its acting set becomes the up set minus down nodes, dropping the
+    /// members that were kept while the new ones caught up and handing the primary role to the
+    /// up set's first. Called when the PG's primary reports every acting member in sync under
+    /// the placement that changed at `since`; a report about an older placement is stale (the
+    /// members changed since, and the primary will report again). Refused while the settled set
+    /// would hold fewer members than both `replicas` and the current acting set (a new member
+    /// went down again): settling then would drop a copy.
+    pub fn settle(
+        &mut self,
+        pool: PoolId,
+        pg: PgId,
+        since: Epoch,
+        cluster: &ClusterDescription,
+    ) -> Result<MapUpdate, SettleError> {
+        let prepared = Prepared::new(cluster).map_err(SettleError::Placement)?;
+        let epoch = self.next_epoch();
+        let unchanged = MapUpdate {
+            epoch: self.epoch,
+            changed_pgs: 0,
+            moved_replicas: 0,
+        };
+        let pool = self
+            .pools
+            .iter_mut()
+            .find(|p| p.spec.id == pool)
+            .ok_or(SettleError::NoSuchPg { pool, pg })?;
+        let replicas = usize::from(pool.spec.replicas);
+        let placement = pool
+            .pgs
+            .get_mut(pg.0 as usize)
+            .ok_or(SettleError::NoSuchPg {
+                pool: pool.spec.id,
+                pg,
+            })?;
+        if placement.since != since {
+            return Err(SettleError::Stale {
+                since: placement.since,
+            });
+        }
+        if !placement.pending {
+            return Ok(unchanged);
+        }
+        let settled = PgPlacement::new(placement.up.clone(), &prepared, epoch);
+        let short = settled.acting.len() < replicas.min(placement.acting.len());
+        if short {
+            return Err(SettleError::WouldDropCopy);
+        }
+        *placement = settled;
+        self.epoch = epoch;
+        debug_assert!(self.check_invariants().is_ok());
+        Ok(MapUpdate {
+            epoch,
+            changed_pgs: 1,
+            moved_replicas: 0,
+        })
+    }
+
     /// Computes every pool (and `new_pool`) before modifying anything, then commits.
     fn apply(
         &mut self,
@@ -221,11 +389,18 @@ impl PlacementMap {
             changed_pgs: 0,
             moved_replicas: 0,
         };
+        let serving = serving_members(cluster);
+        let serving = |member: &Member| serving.binary_search(member).is_ok();
         for (pool, sets) in self.pools.iter_mut().zip(computed) {
             debug_assert_eq!(pool.pgs.len(), sets.len());
+            let replicas = usize::from(pool.spec.replicas);
             for (placement, up) in pool.pgs.iter_mut().zip(sets) {
-                let next = PgPlacement::new(up, &prepared, epoch);
-                if placement.up != next.up || placement.acting != next.acting {
+                let next = PgPlacement::new(up, &prepared, epoch)
+                    .steered_from(placement, &serving, replicas);
+                if placement.up != next.up
+                    || placement.acting != next.acting
+                    || placement.pending != next.pending
+                {
                     update.moved_replicas +=
                         next.up.iter().filter(|m| !placement.up.contains(m)).count();
                     update.changed_pgs += 1;
@@ -263,8 +438,8 @@ impl PlacementMap {
         })
     }
 
-    /// Checks the map's structure: valid specs, one placement per PG, acting sets no larger
-    /// than `replicas` with distinct nodes, no `since` after the epoch. Run after decoding a
+    /// Checks the map's structure: valid specs, one placement per PG, each PG's sets well
+    /// formed (`placement_is_valid`). Run after decoding a
     /// snapshot and by the tests.
     pub fn check_invariants(&self) -> Result<(), MapInvariantError> {
         let fail = |what: String| Err(MapInvariantError(what));
@@ -281,17 +456,7 @@ impl PlacementMap {
                 return fail(format!("{} has a bad spec or PG count", spec.id));
             }
             for (index, placement) in pool.pgs.iter().enumerate() {
-                let mut nodes: Vec<NodeId> = placement.up.iter().map(|m| m.node).collect();
-                nodes.sort_unstable();
-                nodes.dedup();
-                let too_big = placement.up.len() > usize::from(spec.replicas);
-                let mut up_rest = placement.up.iter();
-                let acting_in_up_order = placement
-                    .acting
-                    .iter()
-                    .all(|member| up_rest.any(|m| m == member));
-                let distinct = nodes.len() == placement.up.len();
-                if too_big || !distinct || !acting_in_up_order || placement.since > self.epoch {
+                if !placement_is_valid(placement, usize::from(spec.replicas), self.epoch) {
                     return fail(format!("{} pg {index} has a bad acting set", spec.id));
                 }
             }
@@ -303,4 +468,38 @@ impl PlacementMap {
         // 2^64 map changes cannot happen; saturating keeps this path panic-free regardless.
         Epoch(self.epoch.0.saturating_add(1))
     }
+}
+
+/// One PG's structure: an up set of at most `replicas` distinct nodes; an acting set of distinct
+/// nodes, bounded, whose members after the primary that are in the up set keep its order; a
+/// settled acting set is exactly a sub-sequence of the up set; no `since` after the epoch.
+fn placement_is_valid(placement: &PgPlacement, replicas: usize, epoch: Epoch) -> bool {
+    let distinct = |set: &[Member]| {
+        let mut nodes: Vec<NodeId> = set.iter().map(|m| m.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes.len() == set.len()
+    };
+    let in_up_order = |set: &[Member]| {
+        let mut up_rest = placement.up.iter();
+        set.iter().all(|member| up_rest.any(|m| m == member))
+    };
+    let followers: Vec<Member> = placement
+        .acting
+        .iter()
+        .skip(1)
+        .filter(|m| placement.up.contains(m))
+        .copied()
+        .collect();
+    let shape_ok = if placement.pending {
+        placement.acting.len() <= replicas + ACTING_EXTRA_MAX.min(replicas)
+            && in_up_order(&followers)
+    } else {
+        in_up_order(&placement.acting)
+    };
+    placement.up.len() <= replicas
+        && distinct(&placement.up)
+        && distinct(&placement.acting)
+        && shape_ok
+        && placement.since <= epoch
 }

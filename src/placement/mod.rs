@@ -25,7 +25,9 @@
 //!
 //! The acting set is the up set minus the nodes that are down, order kept, so a node going down
 //! shortens its PGs' acting sets without moving anything else and gets exactly its old PGs back
-//! when it returns. An update starts from the previous map (`sticky.rs`): a node marked out is
+//! when it returns — but a change never moves the primary to a member that was not acting, and
+//! serving members the up set dropped stay acting, until the primary reports every member in
+//! sync and the metadata service *settles* the PG (`map.rs`: transitional acting sets). An update starts from the previous map (`sticky.rs`): a node marked out is
 //! replaced in the PGs that held it and nowhere else; a new node takes the PGs whose computed
 //! set now includes it. Without that, unequal weights would re-sort a few unrelated PGs.
 //!
@@ -42,7 +44,10 @@ mod sticky;
 #[cfg(test)]
 mod tests;
 
-pub use map::{MapInvariantError, MapUpdate, PgHealth, PgPlacement, PlacementMap, Pool};
+pub use map::{
+    ACTING_EXTRA_MAX, MapInvariantError, MapUpdate, PgHealth, PgPlacement, PlacementMap, Pool,
+    SettleError,
+};
 
 use crate::ids::{DriveId, NodeId, PgId, VolumeId};
 use select::{Placer, Prepared};
@@ -104,8 +109,20 @@ pub enum NodeState {
     /// Missed heartbeats for `down_after`: still owns its PGs (they wait for it to come back),
     /// but is left out of acting sets so I/O continues without it.
     Down,
-    /// Gone for good (or drained by an operator): its replicas are rebuilt elsewhere.
+    /// Gone for good (or drained by an operator and then stopped): its replicas are rebuilt
+    /// elsewhere.
     Out,
+    /// An operator asked to move its data off: it takes no new placement and its replicas are
+    /// rebuilt elsewhere, but it keeps serving them until the new members are in sync, so a drain
+    /// never lowers redundancy.
+    Draining,
+}
+
+impl NodeState {
+    /// Whether the node runs and serves the replicas it holds (up, or draining).
+    pub fn is_serving(self) -> bool {
+        matches!(self, Self::Up | Self::Draining)
+    }
 }
 
 /// One drive as placement sees it.

@@ -103,7 +103,7 @@ impl Prepared {
                 .collect();
             drives.sort_by_key(|drive| drive.id);
             let weight: u64 = drives.iter().map(|drive| drive.weight).sum();
-            if node.state == NodeState::Out || weight == 0 {
+            if matches!(node.state, NodeState::Out | NodeState::Draining) || weight == 0 {
                 continue;
             }
             let domain = match node.zone.as_deref() {

@@ -339,10 +339,28 @@ fn down_then_up_restores_acting_sets() {
             .collect();
         assert_eq!(new.acting(), expected.as_slice());
     }
+    let before_return = map.clone();
     description.nodes[2].state = NodeState::Up;
     map.update(&description).unwrap();
+    for ((old, away), new) in original.pools()[0]
+        .pgs()
+        .iter()
+        .zip(before_return.pools()[0].pgs())
+        .zip(map.pools()[0].pgs())
+    {
+        // Back in every PG it held, but not primary again before the PG settles.
+        assert_eq!(new.primary(), away.primary());
+        let mut members: Vec<Member> = new.acting().to_vec();
+        members.sort_unstable();
+        let mut expected: Vec<Member> = old.acting().to_vec();
+        expected.sort_unstable();
+        assert_eq!(members, expected);
+        assert_eq!(new.is_pending(), old.primary() != away.primary());
+    }
+    settle_all(&mut map, &description);
     for (old, new) in original.pools()[0].pgs().iter().zip(map.pools()[0].pgs()) {
         assert_eq!(old.acting(), new.acting());
+        assert!(!new.is_pending());
     }
     let unchanged = map.update(&description).unwrap();
     assert_eq!(
@@ -350,6 +368,136 @@ fn down_then_up_restores_acting_sets() {
         (0, map.epoch()),
         "no-op update"
     );
+}
+
+/// Settles every pending PG, as the metadata service does when their primaries report in sync.
+fn settle_all(map: &mut PlacementMap, description: &ClusterDescription) -> usize {
+    let pending: Vec<(PoolId, PgId, crate::ids::Epoch)> = map
+        .pools()
+        .iter()
+        .flat_map(|pool| {
+            (0u32..)
+                .zip(pool.pgs())
+                .filter(|(_, pg)| pg.is_pending())
+                .map(|(index, pg)| (pool.spec().id, PgId(index), pg.since()))
+        })
+        .collect();
+    for (pool, pg, since) in &pending {
+        let update = map.settle(*pool, *pg, *since, description).unwrap();
+        assert_eq!(update.changed_pgs, 1);
+    }
+    map.check_invariants().unwrap();
+    pending.len()
+}
+
+/// Goal: a node added to the cluster enters the up sets of the PGs it takes, while the members
+/// it replaces stay acting (after it, the primary unchanged) until each PG settles: the number
+/// of copies never drops during a rebalance.
+#[test]
+fn rebalance_keeps_replaced_members_until_settled() {
+    let mut description = cluster(&[1000, 1000, 1000, 1000]);
+    let mut map = map_of(&description, 256);
+    let original = map.clone();
+    description.nodes.push(node(4, 1000, None));
+    map.update(&description).unwrap();
+    let mut moved = 0;
+    for (old, new) in original.pools()[0].pgs().iter().zip(map.pools()[0].pgs()) {
+        assert_eq!(new.primary(), old.primary(), "the primary stays");
+        assert!(
+            old.acting().iter().all(|m| new.acting().contains(m)),
+            "no copy dropped"
+        );
+        if new.up().iter().any(|m| m.node == NodeId(4)) {
+            moved += 1;
+            assert!(new.is_pending());
+            assert_eq!(new.acting().len(), 4);
+        } else {
+            assert_eq!(new.acting(), old.acting());
+        }
+    }
+    assert!(moved > 0);
+    assert_eq!(settle_all(&mut map, &description), moved);
+    for pg in map.pools()[0].pgs() {
+        assert_eq!(pg.acting(), pg.up(), "settled: the up set acts");
+    }
+}
+
+/// Goal: a draining node keeps serving (and keeps the primary role) in every PG it held until
+/// that PG settles on its replacement; settling then drops it.
+#[test]
+fn draining_node_serves_until_settled() {
+    let mut description = cluster(&[1000, 1000, 1000, 1000]);
+    let mut map = map_of(&description, 128);
+    let original = map.clone();
+    description.nodes[1].state = NodeState::Draining;
+    map.update(&description).unwrap();
+    for (old, new) in original.pools()[0].pgs().iter().zip(map.pools()[0].pgs()) {
+        assert!(new.up().iter().all(|m| m.node != NodeId(1)));
+        assert_eq!(new.primary(), old.primary());
+        assert!(old.acting().iter().all(|m| new.acting().contains(m)));
+    }
+    assert!(map.pgs_of_node(NodeId(1)).count() > 0);
+    settle_all(&mut map, &description);
+    assert_eq!(map.pgs_of_node(NodeId(1)).count(), 0);
+    // A draining node that then stops leaves acting sets at once (nothing to settle).
+    let mut again = original.clone();
+    description.nodes[1].state = NodeState::Draining;
+    again.update(&description).unwrap();
+    description.nodes[1].state = NodeState::Out;
+    again.update(&description).unwrap();
+    assert_eq!(again.pgs_of_node(NodeId(1)).count(), 0);
+    again.check_invariants().unwrap();
+}
+
+/// Goal: settling is refused for a report about an older placement, ignored for a PG that is
+/// not pending, refused when a member of the up set is down (it would drop a copy), and names
+/// a missing PG.
+#[test]
+fn settle_checks_its_report() {
+    let mut description = cluster(&[1000, 1000, 1000, 1000]);
+    let mut map = map_of(&description, 16);
+    let steady = map.pools()[0].pgs()[0].since();
+    let noop = map
+        .settle(PoolId(0), PgId(0), steady, &description)
+        .unwrap();
+    assert_eq!((noop.changed_pgs, noop.epoch), (0, map.epoch()));
+    assert_eq!(
+        map.settle(PoolId(0), PgId(99), steady, &description),
+        Err(SettleError::NoSuchPg {
+            pool: PoolId(0),
+            pg: PgId(99)
+        })
+    );
+    description.nodes.push(node(4, 1000, None));
+    map.update(&description).unwrap();
+    let (index, pending) = (0u32..)
+        .zip(map.pools()[0].pgs())
+        .find(|(_, pg)| pg.is_pending())
+        .map(|(index, pg)| (PgId(index), pg.clone()))
+        .unwrap();
+    assert!(matches!(
+        map.settle(PoolId(0), index, steady, &description),
+        Err(SettleError::Stale { .. })
+    ));
+    let newcomer = pending
+        .up()
+        .iter()
+        .find(|m| m.node == NodeId(4))
+        .unwrap()
+        .node;
+    description.nodes[newcomer.0 as usize].state = NodeState::Down;
+    map.update(&description).unwrap();
+    let since = map.pools()[0].pgs()[index.0 as usize].since();
+    assert_eq!(
+        map.settle(PoolId(0), index, since, &description),
+        Err(SettleError::WouldDropCopy)
+    );
+    description.nodes[newcomer.0 as usize].state = NodeState::Up;
+    map.update(&description).unwrap();
+    let since = map.pools()[0].pgs()[index.0 as usize].since();
+    let settled = map.settle(PoolId(0), index, since, &description).unwrap();
+    assert_eq!(settled.changed_pgs, 1);
+    assert!(!map.pools()[0].pgs()[index.0 as usize].is_pending());
 }
 
 /// Goal: health follows acting set size against `replicas` and `min_size`.

@@ -12,9 +12,12 @@
 //! connection failures back off (doubling from [`GatewayConfig::retry_delay_min`], cut short
 //! when a newer map arrives) and re-route. Everything the gateway sends is idempotent (a block
 //! write of the same bytes, a trim, a zeroing, a read), so a request whose outcome is unknown
-//! is simply sent again. A request never takes longer than
-//! [`GatewayConfig::request_timeout`] in total: then it fails with `VolumeError::Io` naming the
-//! last error. A mutation that failed may still have been applied, as on a disk.
+//! is simply sent again. A request whose PG has fewer than `min_size` acting members never
+//! takes longer than [`GatewayConfig::request_timeout`] in total: then it fails with
+//! `VolumeError::Io` naming the last error. While the map gives the PG at least `min_size`
+//! members the PG is only between primaries (failover, peering, a lease wait), so the request
+//! keeps retrying up to [`GatewayConfig::failover_timeout`]: the client sees a pause, not an
+//! error. A mutation that failed may still have been applied, as on a disk.
 //!
 //! Memory and load are bounded per gateway by two semaphores, on pieces in flight and on data
 //! bytes in flight (write payloads and read replies), held from admission until the piece
@@ -45,9 +48,13 @@ pub use volume::{Gateway, GatewayVolume};
 /// shorten the timeouts and shrink the bounds.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
-    /// Longest a request may take, retries and waits for the map included; then it fails with
-    /// an I/O error. Frontends' clients time out on their own around 30 s or later.
+    /// Longest a request may take, retries and waits for the map included, while its PG has
+    /// fewer than `min_size` acting members; then it fails with an I/O error.
     pub request_timeout: Duration,
+    /// Longest a request may take while the map gives its PG at least `min_size` acting
+    /// members (a failover in progress): at least `request_timeout`. Clients with their own
+    /// shorter timeout (the kernel's NBD `timeout`) give up first and re-send.
+    pub failover_timeout: Duration,
     /// Longest one attempt (connect and call) may take, within what is left of the request.
     pub attempt_timeout: Duration,
     /// First back-off after a retryable failure.
@@ -70,6 +77,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             request_timeout: Duration::from_secs(30),
+            failover_timeout: Duration::from_secs(120),
             attempt_timeout: Duration::from_secs(10),
             retry_delay_min: Duration::from_millis(5),
             retry_delay_max: Duration::from_secs(1),
@@ -87,6 +95,9 @@ impl GatewayConfig {
         let bad = |field: &'static str| Err(GatewayError::Config { field });
         if self.request_timeout.is_zero() {
             return bad("request_timeout");
+        }
+        if self.failover_timeout < self.request_timeout {
+            return bad("failover_timeout");
         }
         if self.attempt_timeout.is_zero() {
             return bad("attempt_timeout");

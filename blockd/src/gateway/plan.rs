@@ -141,6 +141,20 @@ pub(crate) fn route(
     Ok(Route { pg, node, addr })
 }
 
+/// Whether the PG of chunk `chunk_index` has at least `min_size` acting members in `view`: it
+/// can serve once a failover settles, so a request for it waits rather than fails.
+pub(crate) fn available(
+    view: &ClusterView,
+    pool: PoolId,
+    volume: VolumeId,
+    chunk_index: u64,
+) -> bool {
+    view.map.pool(pool).is_some_and(|pool| {
+        let (_, placement) = pool.locate(volume, chunk_index);
+        placement.acting().len() >= usize::from(pool.spec().min_size)
+    })
+}
+
 /// Whether `node` is still the primary of any PG of `pool` in `view`: a FLUSH is owed only to
 /// nodes that still order writes.
 pub(crate) fn is_primary_of_any(view: &ClusterView, pool: PoolId, node: NodeId) -> bool {

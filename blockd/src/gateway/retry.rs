@@ -13,7 +13,10 @@
 //! | `OUT_OF_RANGE`, `INVALID` | fail: `VolumeError::Invalid` |
 //! | `NO_SPACE` | fail: `VolumeError::NoSpace` |
 //!
-//! Once the deadline has passed, the next decision is a failure naming the last error.
+//! Once the deadline has passed, the next decision is a failure naming the last error. A piece
+//! has two: while the routed map gives its PG at least `min_size` acting members, a failover is
+//! in progress and the piece keeps retrying until the later one (the client sees a pause);
+//! otherwise the PG cannot serve and the earlier one applies.
 
 use std::time::Duration;
 
@@ -75,10 +78,22 @@ pub(crate) struct RetryPolicy {
     pub(crate) delay_max: Duration,
 }
 
+/// When a piece gives up (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Deadlines {
+    /// While the PG has fewer than `min_size` acting members (it cannot serve).
+    pub(crate) unavailable: Instant,
+    /// While it has at least `min_size` (a failover or recovery pause): not before
+    /// `unavailable`.
+    pub(crate) available: Instant,
+}
+
 /// The retry state of one piece.
 #[derive(Debug)]
 pub(crate) struct Retry {
-    deadline: Instant,
+    deadlines: Deadlines,
+    /// The last routed map gave the piece's PG at least `min_size` acting members.
+    available: bool,
     delay: Duration,
     policy: RetryPolicy,
     attempts: u32,
@@ -86,11 +101,12 @@ pub(crate) struct Retry {
 }
 
 impl Retry {
-    /// A piece that must complete by `deadline`.
-    pub(crate) fn new(deadline: Instant, policy: RetryPolicy) -> Self {
+    /// A piece that must complete by `deadlines`; its PG counts as unavailable until told.
+    pub(crate) fn new(deadlines: Deadlines, policy: RetryPolicy) -> Self {
         debug_assert!(policy.delay_min <= policy.delay_max);
         Retry {
-            deadline,
+            deadlines,
+            available: false,
             delay: policy.delay_min,
             policy,
             attempts: 0,
@@ -98,14 +114,29 @@ impl Retry {
         }
     }
 
+    /// Records whether the map the next attempt is routed by gives the PG at least
+    /// `min_size` acting members.
+    pub(crate) fn set_available(&mut self, available: bool) {
+        self.available = available;
+    }
+
+    /// The deadline that applies now.
+    fn deadline(&self) -> Instant {
+        if self.available {
+            self.deadlines.available.max(self.deadlines.unavailable)
+        } else {
+            self.deadlines.unavailable
+        }
+    }
+
     /// Time left before the deadline (zero once passed).
     pub(crate) fn remaining(&self, now: Instant) -> Duration {
-        self.deadline.saturating_duration_since(now)
+        self.deadline().saturating_duration_since(now)
     }
 
     /// The failure to report if the deadline has passed, before another attempt.
     pub(crate) fn expired(&self, now: Instant) -> Option<VolumeError> {
-        (now >= self.deadline).then(|| self.give_up())
+        (now >= self.deadline()).then(|| self.give_up())
     }
 
     /// Attempts decided on so far.
@@ -127,6 +158,7 @@ impl Retry {
     /// Decides after an attempt routed by a map of `routed_epoch` produced `outcome` at `now`.
     pub(crate) fn handle(&mut self, now: Instant, routed_epoch: Epoch, outcome: Outcome) -> Next {
         self.attempts = self.attempts.saturating_add(1);
+        let deadline = self.deadline();
         let detail = match outcome {
             Outcome::Reply {
                 status: Status::Ok, ..
@@ -138,12 +170,12 @@ impl Retry {
                 self.last_error = Some(format!(
                     "stale epoch: routed by {routed_epoch}, primary has {epoch}"
                 ));
-                if now >= self.deadline {
+                if now >= deadline {
                     return Next::Fail(self.give_up());
                 }
                 return Next::AwaitEpoch {
                     epoch,
-                    until: self.deadline,
+                    until: deadline,
                 };
             }
             Outcome::Reply { status, epoch } => match fatal(status) {
@@ -158,10 +190,10 @@ impl Retry {
             Outcome::Transport { detail, .. } => detail,
         };
         self.last_error = Some(detail);
-        if now >= self.deadline {
+        if now >= deadline {
             return Next::Fail(self.give_up());
         }
-        let until = (now + self.delay).min(self.deadline);
+        let until = (now + self.delay).min(deadline);
         self.delay = self.delay.saturating_mul(2).min(self.policy.delay_max);
         Next::Backoff { until }
     }
@@ -202,6 +234,41 @@ mod tests {
         delay_max: Duration::from_millis(35),
     };
 
+    /// The same deadline whether or not the PG is available.
+    fn only(deadline: Instant) -> Deadlines {
+        Deadlines {
+            unavailable: deadline,
+            available: deadline,
+        }
+    }
+
+    /// Goal: a piece whose PG keeps `min_size` acting members (a failover in progress) retries
+    /// past the short deadline until the long one; once the map shows the PG below
+    /// `min_size`, the short one applies again.
+    #[test]
+    fn an_available_pg_gets_the_longer_deadline() {
+        let start = Instant::now();
+        let deadlines = Deadlines {
+            unavailable: start + Duration::from_secs(1),
+            available: start + Duration::from_secs(10),
+        };
+        let mut retry = Retry::new(deadlines, POLICY);
+        let later = start + Duration::from_secs(2);
+        assert!(retry.expired(later).is_some(), "unavailable until told");
+        retry.set_available(true);
+        assert!(retry.expired(later).is_none());
+        assert!(matches!(
+            retry.handle(later, Epoch(1), reply(Status::NotPrimary, 1)),
+            Next::Backoff { .. }
+        ));
+        assert_eq!(retry.remaining(later), Duration::from_secs(8));
+        retry.set_available(false);
+        assert!(matches!(
+            retry.handle(later, Epoch(1), reply(Status::NotPrimary, 1)),
+            Next::Fail(VolumeError::Io(_))
+        ));
+    }
+
     fn reply(status: Status, epoch: u64) -> Outcome {
         Outcome::Reply {
             status,
@@ -215,7 +282,7 @@ mod tests {
     fn decisions_by_outcome() {
         let start = Instant::now();
         let deadline = start + Duration::from_secs(1);
-        let mut retry = Retry::new(deadline, POLICY);
+        let mut retry = Retry::new(only(deadline), POLICY);
         assert_eq!(
             retry.handle(start, Epoch(3), reply(Status::Ok, 3)),
             Next::Done
@@ -258,7 +325,7 @@ mod tests {
     fn failures_and_deadline() {
         let start = Instant::now();
         let deadline = start + Duration::from_millis(100);
-        let mut retry = Retry::new(deadline, POLICY);
+        let mut retry = Retry::new(only(deadline), POLICY);
         let fail = |retry: &mut Retry, outcome| match retry.handle(start, Epoch(1), outcome) {
             Next::Fail(error) => error,
             other => panic!("expected a failure, got {other:?}"),

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::plan::{self, NoRoute, Piece, Pieces, Route};
-use super::retry::{Next, Outcome, Retry, RetryPolicy};
+use super::retry::{Deadlines, Next, Outcome, Retry, RetryPolicy};
 use super::view::{ClusterView, MapWatch};
 use super::{GatewayConfig, GatewayError, GatewayStats, VolumeSpec};
 use crate::frontends::{VolumeBackend, VolumeError, VolumeExtent, ZeroFlags};
@@ -218,6 +218,15 @@ impl Job {
         }
     }
 
+    /// Whether the piece's PG can serve in `view` (see [`plan::available`]); a flush owed to a
+    /// node always can.
+    fn available(&self, view: &ClusterView, spec: &VolumeSpec) -> bool {
+        match self.target {
+            Target::Chunk(chunk_index) => plan::available(view, spec.pool, spec.id, chunk_index),
+            Target::Node(_) => true,
+        }
+    }
+
     fn header(&self, spec: &VolumeSpec, route: &Route, epoch: Epoch) -> Header {
         let mut header = Header::new(self.opcode, RequestId(0));
         header.pg = route.pg;
@@ -285,17 +294,18 @@ impl Inner {
         self: Arc<Self>,
         volume: Arc<VolumeShared>,
         job: Job,
-        deadline: Instant,
+        deadlines: Deadlines,
     ) -> Result<Bytes, VolumeError> {
-        let _permits = self.admit(&job, deadline).await?;
+        let _permits = self.admit(&job, deadlines.unavailable).await?;
         GatewayStats::count(&self.stats.pieces);
-        let mut retry = Retry::new(deadline, self.policy());
+        let mut retry = Retry::new(deadlines, self.policy());
         loop {
             let now = Instant::now();
+            let view = self.maps.current();
+            retry.set_available(job.available(&view, &volume.spec));
             if let Some(error) = retry.expired(now) {
                 return Err(self.failed(&volume, &job, error));
             }
-            let view = self.maps.current();
             let epoch = view.epoch();
             let (outcome, payload) = match job.resolve(&view, &volume.spec) {
                 Ok(None) => return Ok(Bytes::new()),
@@ -574,10 +584,15 @@ impl GatewayVolume {
         Ok(())
     }
 
-    /// Starts a request: counts it and fixes its deadline and chunk size.
-    fn start(&self) -> Result<(Instant, u32), VolumeError> {
+    /// Starts a request: counts it and fixes its deadlines and chunk size.
+    fn start(&self) -> Result<(Deadlines, u32), VolumeError> {
         GatewayStats::count(&self.gateway.stats.requests);
-        let deadline = Instant::now() + self.gateway.config.request_timeout;
+        let now = Instant::now();
+        let config = &self.gateway.config;
+        let deadline = Deadlines {
+            unavailable: now + config.request_timeout,
+            available: now + config.failover_timeout,
+        };
         let view = self.gateway.maps.current();
         if !view.is_valid() {
             // A publisher bug, never client input: refuse rather than split by a bad size.
@@ -598,7 +613,7 @@ impl GatewayVolume {
     /// Runs `jobs` (at most `pieces_per_request_max` at once; one job inline) and returns
     /// their payloads in order. The first failure ends the request; pieces still running are
     /// cancelled (a request already sent may still be applied).
-    async fn run<I>(&self, jobs: I, deadline: Instant) -> Result<Vec<Bytes>, VolumeError>
+    async fn run<I>(&self, jobs: I, deadline: Deadlines) -> Result<Vec<Bytes>, VolumeError>
     where
         I: Iterator<Item = Job>,
     {

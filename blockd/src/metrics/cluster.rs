@@ -85,6 +85,7 @@ fn state_label(state: NodeState) -> &'static str {
         NodeState::Up => "up",
         NodeState::Down => "down",
         NodeState::Out => "out",
+        NodeState::Draining => "draining",
     }
 }
 
@@ -97,7 +98,12 @@ pub fn encode_cluster(
     let mut states = Vec::new();
     let mut ages = Vec::new();
     for (id, node) in state.nodes() {
-        for s in [NodeState::Up, NodeState::Down, NodeState::Out] {
+        for s in [
+            NodeState::Up,
+            NodeState::Down,
+            NodeState::Out,
+            NodeState::Draining,
+        ] {
             let labels = NodeStateLabels {
                 node: id.0.to_string(),
                 state: state_label(s),

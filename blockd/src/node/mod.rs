@@ -32,7 +32,7 @@ use crate::gateway::{Gateway, GatewayConfig};
 use crate::meta::{MetaNode, MetaNodeConfig, ProposeError};
 use crate::metrics::Metrics;
 use crate::peer::{PeerConfig, PeerServer, Peers, Router};
-use crate::replication::{FailureReport, ReplicationConfig, ReplicationService};
+use crate::replication::{MetaReport, ReplicationConfig, ReplicationService};
 use crate::store::Store;
 use crate::view::{ClusterView, MapWatch, map_channel};
 use control::{
@@ -126,8 +126,8 @@ impl Node {
             replication_stats: Arc::default(),
         });
 
-        let (failure_tx, failure_rx) = tokio::sync::mpsc::channel(FAILURE_REPORTS_QUEUED_MAX);
-        let replication = start_replication(&shared, failure_tx).await?;
+        let (report_tx, report_rx) = tokio::sync::mpsc::channel(META_REPORTS_QUEUED_MAX);
+        let replication = start_replication(&shared, report_tx).await?;
         let router = Arc::new(build_router(&shared, &replication));
         let listen = shared.config.peer.listen;
         let server = PeerServer::bind(listen, peer_config, Arc::clone(&router))
@@ -150,7 +150,11 @@ impl Node {
                 publisher,
                 cancel.clone(),
             )),
-            tokio::spawn(log_failure_reports(failure_rx, cancel.clone())),
+            tokio::spawn(forward_meta_reports(
+                Arc::clone(&shared),
+                report_rx,
+                cancel.clone(),
+            )),
         ];
         Ok(Node {
             shared,
@@ -217,7 +221,7 @@ async fn start_meta(
 /// Starts the replication service with the node's stores, peers, view and read lease.
 async fn start_replication(
     shared: &Arc<NodeShared>,
-    failures: tokio::sync::mpsc::Sender<FailureReport>,
+    meta_reports: tokio::sync::mpsc::Sender<MetaReport>,
 ) -> anyhow::Result<Arc<ReplicationService>> {
     let mut config = ReplicationConfig::new(shared.node_id);
     config.leases = Some(shared.lease.subscribe());
@@ -228,7 +232,7 @@ async fn start_replication(
         shared.stores.clone(),
         Arc::clone(&shared.peers),
         shared.maps(),
-        failures,
+        meta_reports,
     )
     .await
     .context("replication service")
@@ -241,24 +245,42 @@ fn lease_duration(config: &NodeConfig) -> std::time::Duration {
     config.meta.down_after * 2 / 3
 }
 
-/// Failure reports the replication engines may queue before the oldest are dropped.
-const FAILURE_REPORTS_QUEUED_MAX: usize = 256;
+/// Reports the replication engines may queue before the oldest are dropped.
+const META_REPORTS_QUEUED_MAX: usize = 256;
 
-/// Logs failure reports from the replication engines. Marking nodes down is left to the
-/// leader's heartbeat-based failure detector: a replica that times out on one primary may be
-/// healthy (the reporter may be the one cut off), and dropping a healthy member costs a
-/// recovery, so one report is not evidence enough.
-async fn log_failure_reports(
-    mut reports: tokio::sync::mpsc::Receiver<FailureReport>,
+/// Acts on the replication engines' reports. PGs ready to settle are proposed as `SettlePg`
+/// (the engine repeats the report while it holds, so a lost proposal only costs time).
+/// Failure reports are logged: marking nodes down is left to the leader's heartbeat-based
+/// failure detector, since a replica that times out on one primary may be healthy (the
+/// reporter may be the one cut off), and dropping a healthy member costs a recovery, so one
+/// report is not evidence enough.
+async fn forward_meta_reports(
+    shared: Arc<NodeShared>,
+    mut reports: tokio::sync::mpsc::Receiver<MetaReport>,
     cancel: CancellationToken,
 ) {
     loop {
-        tokio::select! {
+        let report = tokio::select! {
             () = cancel.cancelled() => return,
             report = reports.recv() => match report {
-                Some(report) => tracing::warn!(?report, "replication failure report"),
+                Some(report) => report,
                 None => return,
             },
+        };
+        match report {
+            MetaReport::Settle { pg, since } => {
+                let kind = CommandKind::SettlePg {
+                    pool: pg.pool,
+                    pg: pg.pg,
+                    since,
+                };
+                match shared.propose(kind).await {
+                    Ok(Ok(outcome)) => tracing::info!(%pg, %since, ?outcome, "settle proposed"),
+                    Ok(Err(e)) => tracing::warn!(%pg, %since, error = %e, "settle refused"),
+                    Err(e) => tracing::warn!(%pg, %since, error = %e, "settle not proposed"),
+                }
+            }
+            report => tracing::warn!(?report, "replication failure report"),
         }
     }
 }

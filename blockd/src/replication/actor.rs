@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::pg::{Lease, PgEngine, RecoveryVerdict};
 use super::recovery::{RecoveryCtx, Throttle, pg_labels};
 use super::recovery_msg::{PushStep, RecoveryReply};
-use super::service::{FailureReport, PgKey, map_view};
+use super::service::{MetaReport, PgKey, map_view};
 use super::stats::ReplicationStats;
 use super::types::{
     Action, ChunkRange, ClientFlush, ClientRead, ClientWrite, MemberSync, Mutation, Outcome,
@@ -170,7 +170,7 @@ pub(crate) struct PgTask {
     pub(crate) store: Arc<Store>,
     pub(crate) peers: Arc<Peers>,
     pub(crate) view: watch::Receiver<Arc<ClusterView>>,
-    pub(crate) failures: mpsc::Sender<FailureReport>,
+    pub(crate) meta_reports: mpsc::Sender<MetaReport>,
     /// How long a `MapBehind` request waits for the view.
     pub(crate) view_wait: Duration,
     /// Deadline of one REPLICATE_* call.
@@ -682,7 +682,7 @@ impl Actor {
             }
             Action::ReportFailure { node, epoch } => {
                 tracing::warn!(pg = %self.task.key, %node, %epoch, "reporting a failed member");
-                self.report(FailureReport::Peer {
+                self.report(MetaReport::Peer {
                     reporter: self.task.node,
                     pg: self.task.key,
                     node,
@@ -692,9 +692,13 @@ impl Actor {
             action @ (Action::Peer { .. } | Action::Recover { .. } | Action::FinalSync { .. }) => {
                 self.perform_recovery_action(action);
             }
+            Action::Settle { since } => self.report(MetaReport::Settle {
+                pg: self.task.key,
+                since,
+            }),
             Action::StopServing { status } => {
                 tracing::error!(pg = %self.task.key, drive = %self.task.drive, ?status, "PG stopped on this node: local store failed");
-                self.report(FailureReport::Drive {
+                self.report(MetaReport::Drive {
                     reporter: self.task.node,
                     pg: self.task.key,
                     drive: self.task.drive,
@@ -844,11 +848,11 @@ impl Actor {
         }
     }
 
-    fn report(&self, report: FailureReport) {
+    fn report(&self, report: MetaReport) {
         // Never block the PG on the reporter: the engine reports again in the next epoch, and
         // the metadata service's heartbeats detect a dead node anyway.
-        if let Err(error) = self.task.failures.try_send(report) {
-            tracing::warn!(pg = %self.task.key, %error, "failure report dropped");
+        if let Err(error) = self.task.meta_reports.try_send(report) {
+            tracing::warn!(pg = %self.task.key, %error, "report to the metadata service dropped");
         }
     }
 }

@@ -55,8 +55,8 @@ pub use recovery_msg::{
 };
 pub use recovery_plan::{ChunkFix, Labels, PeeringPlan, diff, level_members, plan_peering};
 pub use service::{
-    FailureReport, PG_INBOX_DEPTH_DEFAULT, PgKey, RECOVERY_BYTES_PER_SEC_DEFAULT,
-    ReplicationConfig, ReplicationError, ReplicationService, VIEW_WAIT_DEFAULT,
+    MetaReport, PG_INBOX_DEPTH_DEFAULT, PgKey, RECOVERY_BYTES_PER_SEC_DEFAULT, ReplicationConfig,
+    ReplicationError, ReplicationService, VIEW_WAIT_DEFAULT,
 };
 pub use stats::{ReplicationSnapshot, ReplicationStats};
 pub use types::{
@@ -65,5 +65,5 @@ pub use types::{
     MapView, MemberSync, Mutation, OP_TIMEOUT_DEFAULT, OPS_PENDING_MAX_DEFAULT,
     OPS_WAITING_MAX_DEFAULT, OpKind, Outcome, Peered, PgConfig, PgState,
     REPLICA_BUFFER_BYTES_MAX_DEFAULT, REPLICA_BUFFER_OPS_MAX_DEFAULT, RETRY_BACKOFF_DEFAULT,
-    ReplicaReply, Replicate, SyncPoint, Token, store_status,
+    ReplicaReply, Replicate, SETTLE_RETRY, SyncPoint, Token, store_status,
 };

@@ -19,7 +19,7 @@ use basalt::wire::Status;
 use super::pg::Shared;
 use super::types::{
     Action, ClientFlush, ClientRead, ClientWrite, MapView, MemberSync, Peered, PgState,
-    ReplicaReply, Token,
+    ReplicaReply, SETTLE_RETRY, Token,
 };
 
 /// Another member of the acting set, as the primary tracks it.
@@ -121,6 +121,8 @@ pub(crate) struct Primary<P> {
     retries: Vec<Retry>,
     /// Members reported failed in the current epoch.
     reported: Vec<NodeId>,
+    /// When [`Action::Settle`] may be (re-)emitted for the current transition.
+    settle_due: Option<Instant>,
 }
 
 impl<P: Clone> Primary<P> {
@@ -152,6 +154,7 @@ impl<P: Clone> Primary<P> {
             flushes: VecDeque::new(),
             retries: Vec::new(),
             reported: Vec::new(),
+            settle_due: None,
         }
     }
 
@@ -199,6 +202,7 @@ impl<P: Clone> Primary<P> {
         self.peering = false;
         self.request_recovery(shared);
         self.pump(shared, now);
+        self.maybe_settle(shared, now);
     }
 
     /// The node's lease changed: serve the reads that waited for it.
@@ -310,6 +314,7 @@ impl<P: Clone> Primary<P> {
             self.try_complete_all(shared);
         }
         self.pump(shared, now);
+        self.maybe_settle(shared, now);
     }
 
     fn in_sync_copies(&self) -> usize {
@@ -318,6 +323,29 @@ impl<P: Clone> Primary<P> {
             .iter()
             .filter(|member| member.sync == MemberSync::InSync)
             .count()
+    }
+
+    /// Under a transitional acting set with every member in sync (none peering, recovering
+    /// or finishing), asks the shell to settle the PG; repeats every [`SETTLE_RETRY`] while
+    /// that holds, since the report may be lost or refused for now.
+    fn maybe_settle(&mut self, shared: &mut Shared<P>, now: Instant) {
+        let Some(since) = shared.map.settle else {
+            self.settle_due = None;
+            return;
+        };
+        let level = !self.peering
+            && self.final_sync.is_none()
+            && self.members.iter().all(|m| m.sync == MemberSync::InSync);
+        if !level {
+            self.settle_due = None;
+            return;
+        }
+        if self.settle_due.is_some_and(|due| now < due) {
+            return;
+        }
+        self.settle_due = Some(now + SETTLE_RETRY);
+        tracing::info!(pg = %shared.config.pg, %since, "every member in sync: asking to settle");
+        shared.actions.push_back(Action::Settle { since });
     }
 
     fn can_assign(&self, shared: &Shared<P>) -> bool {
@@ -660,6 +688,9 @@ impl<P: Clone> Primary<P> {
         self.try_complete_all(shared);
         self.pump(shared, now);
         self.check_flushes(shared);
+        // A new transition (or the same one under a new epoch) is reported afresh.
+        self.settle_due = None;
+        self.maybe_settle(shared, now);
     }
 
     /// Re-sends copies a member refused as stale, now that our epoch caught up with its own.
@@ -718,6 +749,7 @@ impl<P: Clone> Primary<P> {
         self.check_flushes(shared);
         self.pump_writes(shared);
         self.maybe_final_sync(shared);
+        self.maybe_settle(shared, now);
     }
 
     /// A write missed its deadline: its outcome is unknown to the client. Members that never
@@ -751,7 +783,10 @@ impl<P: Clone> Primary<P> {
         let waiting = self.waiting.front().map(Waiting::deadline);
         let retry = self.retries.iter().map(|r| r.due).min();
         let serve = self.peered_early.as_ref().map(|_| self.serve_after);
-        [op, waiting, retry, serve].into_iter().flatten().min()
+        [op, waiting, retry, serve, self.settle_due]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

@@ -104,7 +104,15 @@ impl ReplicationConfig {
 
 /// What the service asks the metadata service to act on (the daemon forwards these).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FailureReport {
+pub enum MetaReport {
+    /// Every member of a PG this node leads is in sync under a transitional acting set that
+    /// changed in `since`: settle it (`CommandKind::SettlePg`). Repeated while it holds.
+    Settle {
+        /// The PG.
+        pg: PgKey,
+        /// The epoch its reported placement changed in.
+        since: Epoch,
+    },
     /// A member failed a replicated write of a PG `reporter` leads (error reply, broken
     /// connection, or a write that timed out without it): mark it down so a new epoch drops
     /// it from the acting set. Sent at most once per PG, member and epoch.
@@ -155,12 +163,12 @@ pub enum ReplicationError {
     },
 }
 
-/// The PG's map as an engine sees it: epoch, acting nodes, `min_size`. A PG missing from the
+/// The PG's map as an engine sees it: epoch, acting nodes, `min_size`, transition. A PG missing from the
 /// view (cannot happen for a valid map) has no members.
 pub(crate) fn map_view(view: &ClusterView, key: PgKey) -> MapView {
     let pool = view.map.pool(key.pool);
-    let acting = pool
-        .and_then(|pool| pool.pg(key.pg))
+    let placement = pool.and_then(|pool| pool.pg(key.pg));
+    let acting = placement
         .map(|placement| placement.acting().iter().map(|m| m.node).collect())
         .unwrap_or_default();
     MapView {
@@ -168,6 +176,9 @@ pub(crate) fn map_view(view: &ClusterView, key: PgKey) -> MapView {
         acting,
         // A missing pool has no members, so any non-zero value is equivalent.
         min_size: pool.map_or(1, |pool| pool.spec().min_size),
+        settle: placement
+            .filter(|placement| placement.is_pending())
+            .map(|placement| placement.since()),
     }
 }
 
@@ -233,7 +244,7 @@ struct Inner {
     stores: BTreeMap<DriveId, Arc<Store>>,
     peers: Arc<Peers>,
     view: watch::Receiver<Arc<ClusterView>>,
-    failures: mpsc::Sender<FailureReport>,
+    meta_reports: mpsc::Sender<MetaReport>,
     table: RwLock<Table>,
     heads: Mutex<Heads>,
     throttle: Arc<Throttle>,
@@ -256,8 +267,8 @@ impl ReplicationService {
     /// Starts the service over this node's `stores` (one per drive, keyed by drive id): lists
     /// each drive's chunks to find every PG's head, then follows the views of `maps` (starting
     /// a task for each PG whose acting set names this node, and keeping `peers`' address book
-    /// current). Failed members and drives are sent to `failures` (never blocking: a full
-    /// channel drops the report with a warning).
+    /// current). Failed members and drives, and PGs ready to settle, are sent to
+    /// `meta_reports` (never blocking: a full channel drops the report with a warning).
     ///
     /// Register it with `Router::new().with_io(service.clone())`.
     pub async fn start(
@@ -265,7 +276,7 @@ impl ReplicationService {
         stores: BTreeMap<DriveId, Arc<Store>>,
         peers: Arc<Peers>,
         maps: MapWatch,
-        failures: mpsc::Sender<FailureReport>,
+        meta_reports: mpsc::Sender<MetaReport>,
     ) -> Result<Arc<Self>, ReplicationError> {
         let view = maps.receiver();
         config.limits.validate()?;
@@ -300,7 +311,7 @@ impl ReplicationService {
             stores,
             peers,
             view,
-            failures,
+            meta_reports,
             table: RwLock::new(Table {
                 view: Arc::clone(&current),
                 volumes: HashMap::new(),
@@ -513,7 +524,7 @@ impl Inner {
             store: Arc::clone(store),
             peers: Arc::clone(&self.peers),
             view: self.view.clone(),
-            failures: self.failures.clone(),
+            meta_reports: self.meta_reports.clone(),
             view_wait: self.config.view_wait,
             replicate_timeout: self.config.limits.op_timeout,
             throttle: Arc::clone(&self.throttle),

@@ -183,6 +183,7 @@ impl Sim {
             epoch: Epoch(1),
             acting: (0..NODE_COUNT).map(node_id).collect(),
             min_size,
+            settle: None,
         };
         let nodes = (0..NODE_COUNT)
             .map(|index| {
@@ -678,6 +679,8 @@ impl Sim {
                     self.schedule_in(MAP_DELAY_MS_MAX, Event::MetaDown(node));
                 }
                 Action::StopServing { status } => panic!("no store fails here: {status:?}"),
+                // The simulated maps are never transitional.
+                Action::Settle { since } => panic!("settle without a transition: {since}"),
             }
         }
     }

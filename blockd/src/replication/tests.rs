@@ -20,6 +20,7 @@ fn map(epoch: u64, acting: &[u64], min_size: u8) -> MapView {
         epoch: Epoch(epoch),
         acting: acting.iter().copied().map(NodeId).collect(),
         min_size,
+        settle: None,
     }
 }
 
@@ -1003,5 +1004,48 @@ fn final_sync_completes_writes_that_waited_for_the_member() {
     );
     p.handle_recovery_done(now, node(2), Epoch(5), true);
     assert_eq!(replies(&drain(&mut p)), vec![(1, Status::Ok)]);
+    assert_eq!(p.state(), PgState::Active);
+}
+
+#[test]
+fn transitional_map_is_reported_for_settling_once_every_member_is_in_sync() {
+    // Goal: under a transitional acting set the primary asks to settle only when every member
+    // is in sync (not while one recovers), repeats the request every SETTLE_RETRY while that
+    // holds, and stops once the map is settled.
+    let now = Instant::now();
+    let mut p = primary(now);
+    let settles = |actions: &[Action<u32>]| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Settle { .. }))
+            .count()
+    };
+    // Node 4 joins (a rebalance: node 3 stays until the PG settles).
+    let mut transitional = map(6, &[1, 2, 3, 4], 2);
+    transitional.settle = Some(Epoch(6));
+    p.handle_map(now, transitional.clone()).unwrap();
+    let actions = drain(&mut p);
+    assert!(actions.contains(&Action::Recover {
+        member: node(4),
+        epoch: Epoch(6)
+    }));
+    assert_eq!(settles(&actions), 0, "node 4 still needs recovery");
+    assert!(p.handle_recovery_ready(now, node(4), Epoch(6)));
+    drain(&mut p);
+    p.handle_recovery_done(now, node(4), Epoch(6), true);
+    let actions = drain(&mut p);
+    assert!(actions.contains(&Action::Settle { since: Epoch(6) }));
+    // Nothing more until the retry interval; then again.
+    p.handle_timeout(now + Duration::from_millis(10));
+    assert_eq!(settles(&drain(&mut p)), 0);
+    let later = now + SETTLE_RETRY;
+    assert_eq!(p.poll_timeout(), Some(later));
+    p.handle_timeout(later);
+    assert_eq!(settles(&drain(&mut p)), 1);
+    // Settled: node 3 leaves, node 1 stays primary; nothing more to report.
+    p.handle_map(later, map(7, &[1, 2, 4], 2)).unwrap();
+    drain(&mut p);
+    p.handle_timeout(later + SETTLE_RETRY * 2);
+    assert_eq!(settles(&drain(&mut p)), 0);
     assert_eq!(p.state(), PgState::Active);
 }

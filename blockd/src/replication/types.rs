@@ -264,6 +264,10 @@ pub enum Outcome<R> {
     },
 }
 
+/// How often a primary repeats [`Action::Settle`] while its PG stays transitional with every
+/// member in sync (a report can be lost, or refused while a member of the up set is down).
+pub const SETTLE_RETRY: Duration = Duration::from_secs(2);
+
 /// This node's view of the PG in one placement map.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapView {
@@ -273,6 +277,10 @@ pub struct MapView {
     pub acting: Vec<NodeId>,
     /// Fewest copies (primary included) a write may be acknowledged with.
     pub min_size: u8,
+    /// `Some(since)` while the acting set is transitional (it changed in epoch `since` and keeps
+    /// a primary or members the up set does not): the primary reports [`Action::Settle`] once
+    /// every member is in sync, and the metadata service then settles it.
+    pub settle: Option<Epoch>,
 }
 
 impl MapView {
@@ -458,6 +466,13 @@ pub enum Action<P> {
         epoch: Epoch,
         /// The head the member joins at.
         head: ChunkVersion,
+    },
+    /// Every acting member is in sync under a transitional acting set that changed in `since`:
+    /// ask the metadata service to settle the PG (drop the members being replaced, hand the
+    /// primary role to the up set's first). Repeated every [`SETTLE_RETRY`] while it holds.
+    Settle {
+        /// The epoch the reported placement changed in.
+        since: Epoch,
     },
     /// The local store failed a mutation: this node's copy of the PG can no longer be trusted.
     /// The engine answers everything with `status` from now on; the shell should report the

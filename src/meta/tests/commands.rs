@@ -253,6 +253,15 @@ fn down_drops_the_node_keeping_order_and_up_restores() {
         CommandKind::MarkNodeUp { node: NodeId(2) },
     )
     .unwrap();
+    // Back in its PGs, but the primaries that served meanwhile keep the role until settled.
+    let returned = acting_nodes(&state, 3);
+    for (old, new) in before.iter().zip(&returned) {
+        let (mut old, mut new) = (old.clone(), new.clone());
+        old.sort_unstable();
+        new.sort_unstable();
+        assert_eq!(old, new);
+    }
+    assert!(settle_all(&mut state, T0 + 250) > 0);
     assert_eq!(acting_nodes(&state, 3), before);
     assert_eq!(node_state(&state, 2), NodeState::Up);
     let unknown = run(
@@ -396,4 +405,54 @@ fn commands_display() {
     let command = Command::new(5, CommandKind::MarkNodeDown { node: NodeId(3) });
     assert_eq!(command.to_string(), "mark-node-down node-3 @5ms");
     assert!(register_kind(2).to_string().contains("node-2"));
+}
+
+/// Goal: an operator's out on a serving node starts a drain: the node leaves every up set but
+/// keeps serving (and leading) its PGs until they settle on their new members; marking it up
+/// cancels the drain; the detector's out (it stopped) ends it, still pinned by the operator.
+#[test]
+fn operator_out_of_a_serving_node_drains_it() {
+    let mut state = cluster(4, 32);
+    let drain = CommandKind::MarkNodeOut {
+        node: NodeId(2),
+        by_operator: true,
+    };
+    let held = |state: &MetaState| {
+        acting_nodes(state, 3)
+            .iter()
+            .filter(|set| set.contains(&NodeId(2)))
+            .count()
+    };
+    let before = held(&state);
+    run(&mut state, T0 + 100, drain.clone()).unwrap();
+    assert_eq!(node_state(&state, 2), NodeState::Draining);
+    assert_eq!(held(&state), before, "still serving everything it held");
+    let pool = state.map().pool(ClusterInfo::pool_for(3)).unwrap();
+    assert!(
+        pool.pgs()
+            .iter()
+            .all(|pg| pg.up().iter().all(|m| m.node != NodeId(2)))
+    );
+    let repeat = run(&mut state, T0 + 101, drain.clone()).unwrap();
+    assert!(matches!(repeat, Outcome::Node { changed: false, .. }));
+    // Cancel, then drain again and let it finish.
+    run(
+        &mut state,
+        T0 + 200,
+        CommandKind::MarkNodeUp { node: NodeId(2) },
+    )
+    .unwrap();
+    assert_eq!(node_state(&state, 2), NodeState::Up);
+    settle_all(&mut state, T0 + 250);
+    run(&mut state, T0 + 300, drain).unwrap();
+    settle_all(&mut state, T0 + 350);
+    assert_eq!(held(&state), 0, "drained once every PG settled");
+    assert!(acting_nodes(&state, 3).iter().all(|set| set.len() == 3));
+    let stopped = CommandKind::MarkNodeOut {
+        node: NodeId(2),
+        by_operator: false,
+    };
+    run(&mut state, T0 + 400, stopped).unwrap();
+    assert_eq!(node_state(&state, 2), NodeState::Out);
+    assert!(state.node(NodeId(2)).unwrap().out_by_operator);
 }

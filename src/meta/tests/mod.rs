@@ -62,13 +62,15 @@ pub(super) fn run(state: &mut MetaState, now: u64, kind: CommandKind) -> Command
     state.apply(&Command::new(now, kind))
 }
 
-/// An initialised cluster of `nodes` registered nodes (ids 1..=nodes), `pg_count` PGs.
+/// An initialised cluster of `nodes` registered nodes (ids 1..=nodes), `pg_count` PGs, every
+/// PG settled (nodes registered after the pool was created took PGs from the first ones).
 pub(super) fn cluster(nodes: u64, pg_count: u32) -> MetaState {
     let mut state = MetaState::new();
     run(&mut state, T0, init_kind(pg_count)).unwrap();
     for node in 1..=nodes {
         run(&mut state, T0 + node, register_kind(node)).unwrap();
     }
+    settle_all(&mut state, T0 + nodes);
     state.check_invariants().unwrap();
     state
 }
@@ -80,6 +82,34 @@ pub(super) fn acting_nodes(state: &MetaState, replicas: u8) -> Vec<Vec<NodeId>> 
         .iter()
         .map(|pg| pg.acting().iter().map(|m| m.node).collect())
         .collect()
+}
+
+/// Applies `SettlePg` for every pending PG (as their primaries would); returns how many.
+pub(super) fn settle_all(state: &mut MetaState, now: u64) -> usize {
+    let pending: Vec<CommandKind> = state
+        .map()
+        .pools()
+        .iter()
+        .flat_map(|pool| {
+            (0u32..)
+                .zip(pool.pgs())
+                .filter(|(_, pg)| pg.is_pending())
+                .map(|(index, pg)| CommandKind::SettlePg {
+                    pool: pool.spec().id,
+                    pg: crate::ids::PgId(index),
+                    since: pg.since(),
+                })
+        })
+        .collect();
+    for kind in &pending {
+        let outcome = run(state, now, kind.clone());
+        assert!(
+            matches!(outcome, Ok(Outcome::PgSettled { changed: true, .. })),
+            "{outcome:?}"
+        );
+    }
+    state.check_invariants().unwrap();
+    pending.len()
 }
 
 pub(super) fn node_state(state: &MetaState, node: u64) -> NodeState {

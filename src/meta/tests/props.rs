@@ -75,6 +75,11 @@ fn command_kind() -> impl Strategy<Value = CommandKind> {
         2 => node_id().prop_map(|node| CommandKind::MarkNodeUp { node }),
         2 => (node_id(), any::<bool>())
             .prop_map(|(node, by_operator)| CommandKind::MarkNodeOut { node, by_operator }),
+        3 => (0u32..3, 0u32..16, 0u64..24).prop_map(|(pool, pg, since)| CommandKind::SettlePg {
+            pool: crate::placement::PoolId(pool),
+            pg: crate::ids::PgId(pg),
+            since: crate::ids::Epoch(since),
+        }),
         4 => (name(), size(), prop::option::of(0u8..7), key).prop_map(
             |(name, size_bytes, replicas, idempotency_key)| CommandKind::CreateVolume {
                 name,
@@ -124,7 +129,9 @@ fn check_step(before: &MetaState, after: &MetaState, result: &CommandResult, see
     assert!(after.next_volume_id >= before.next_volume_id);
     for pool in after.map().pools() {
         for pg in pool.pgs() {
-            assert!(pg.acting().len() <= usize::from(pool.spec().replicas));
+            let replicas = usize::from(pool.spec().replicas);
+            assert!(pg.acting().len() <= replicas + crate::placement::ACTING_EXTRA_MAX);
+            assert!(pg.is_pending() || pg.acting().len() <= replicas);
         }
     }
     for (id, volume) in after.volumes() {
