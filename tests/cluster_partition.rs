@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use basalt::ids::VolumeId;
 use basalt::placement::pg_of;
-use common::netns::{FaultCluster, skip_reason};
+use common::netns::{FaultCluster, NetLab, skip_reason, subnet_ip};
 use common::{ClusterSpec, Http, TestCluster, wait_for, workspace_bin};
 use serde_json::{Value, json};
 
@@ -60,7 +60,12 @@ impl Read {
 }
 
 /// Runs `program` in the client namespace, killed after `timeout` (`None` then).
-fn client_run(fc: &FaultCluster, program: &str, args: &[&str], timeout: Duration) -> Option<Output> {
+fn client_run(
+    fc: &FaultCluster,
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Option<Output> {
     let mut child = fc
         .client_command(program)
         .args(args)
@@ -215,10 +220,18 @@ fn drive_chunks(cluster: &TestCluster, n: u8) -> BTreeMap<String, (String, Strin
         .filter_map(|line| {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
-                ["chunk", key, "epoch", e, "version", v, "blocks", _, "crc32c", crc] => Some((
-                    (*key).to_owned(),
-                    (format!("{e}v{v}"), (*crc).to_owned()),
-                )),
+                [
+                    "chunk",
+                    key,
+                    "epoch",
+                    e,
+                    "version",
+                    v,
+                    "blocks",
+                    _,
+                    "crc32c",
+                    crc,
+                ] => Some(((*key).to_owned(), (format!("{e}v{v}"), (*crc).to_owned()))),
                 _ => None,
             }
         })
@@ -232,21 +245,25 @@ fn expected_crc(pattern: u8) -> String {
     format!("{:08x}", crc32c::crc32c(&chunk))
 }
 
-/// The partition scenario. `leader_primary`: cut off the metadata service's Raft leader
-/// (choosing a chunk it is the primary of); otherwise a primary that is not the leader.
-fn isolated_primary(net: u8, leader_primary: bool) {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipping the partition test: {why}");
-        return;
-    }
-    let spec = ClusterSpec::new(net, 3);
-    let down_after = spec.down_after;
-    let lease = down_after * 2 / 3;
-    let mut fc = FaultCluster::start(&spec);
-    let leader = fc
-        .in_client(|| fc.cluster.wait_formed(&Http::new(), 3, READY_TIMEOUT))
-        .unwrap_or_else(|| panic!("cluster never formed\n{}", fc.cluster.logs()));
+/// The chunk a partition test uses and the nodes' roles for it.
+struct Target {
+    volume: u64,
+    index: u64,
+    /// PGs of pool 3.
+    pg_count: u32,
+    /// The chunk's PG primary, to be isolated.
+    p: u8,
+    /// The node writes go through.
+    w: u8,
+    /// The third node.
+    s: u8,
+    /// Byte offset of the written range in the volume.
+    offset: u64,
+}
 
+/// Creates the volume and picks a chunk whose PG's primary is (or, with `leader_primary`
+/// false, is not) the Raft leader.
+fn pick_target(fc: &FaultCluster, leader: u8, leader_primary: bool) -> Target {
     let size = format!("{}MiB", VOLUME_BYTES / MIB);
     let volume = wait_for(READY_TIMEOUT, || {
         fc.in_client(|| {
@@ -259,9 +276,7 @@ fn isolated_primary(net: u8, leader_primary: bool) {
         })
     })
     .unwrap_or_else(|| panic!("volume never created\n{}", fc.cluster.logs()));
-
-    // Pick a chunk whose PG's primary is (or is not) the leader.
-    let pgs = api_get(&fc, leader, "/v1/pgs").expect("GET /v1/pgs");
+    let pgs = api_get(fc, leader, "/v1/pgs").expect("GET /v1/pgs");
     let pool: Vec<&Value> = pgs["pgs"]
         .as_array()
         .expect("pgs")
@@ -280,12 +295,24 @@ fn isolated_primary(net: u8, leader_primary: bool) {
     let p = primary_of(index);
     let w = (1..=3).find(|&n| n != p).expect("a writer");
     let s = (1..=3).find(|&n| n != p && n != w).expect("a third node");
-    let offset = index * CHUNK + OFFSET;
     eprintln!("leader {leader}; chunk {index}: primary {p}, writes through {w}, third {s}");
+    Target {
+        volume,
+        index,
+        pg_count,
+        p,
+        w,
+        s,
+        offset: index * CHUNK + OFFSET,
+    }
+}
 
+/// Waits until every node's export answers, writes A through the writer and reads it back
+/// through every node.
+fn write_a(fc: &FaultCluster, t: &Target) {
     let mut last = Vec::new();
     let exports = wait_for(READY_TIMEOUT, || {
-        last = (1..=3).map(|n| read(&fc, n, offset)).collect();
+        last = (1..=3).map(|n| read(fc, n, t.offset)).collect();
         last.iter().all(|r| *r == Read::Uniform(0)).then_some(())
     });
     assert!(
@@ -293,10 +320,74 @@ fn isolated_primary(net: u8, leader_primary: bool) {
         "exports never answered: {last:?}\n{}",
         fc.cluster.logs()
     );
-    write(&fc, w, offset, A).unwrap_or_else(|e| panic!("write A: {e}\n{}", fc.cluster.logs()));
+    write(fc, t.w, t.offset, A).unwrap_or_else(|e| panic!("write A: {e}\n{}", fc.cluster.logs()));
     for n in 1..=3 {
-        assert_eq!(read(&fc, n, offset), Read::Uniform(A), "A through node {n}");
+        assert_eq!(
+            read(fc, n, t.offset),
+            Read::Uniform(A),
+            "A through node {n}"
+        );
     }
+}
+
+/// Heals the isolated node, waits until it serves B and the cluster has converged, stops
+/// every node and compares the drives chunk by chunk.
+fn heal_and_compare(fc: &mut FaultCluster, t: &Target) {
+    fc.heal(t.p);
+    let healed = Instant::now();
+    let served = wait_for(READY_TIMEOUT, || {
+        (read(fc, t.p, t.offset) == Read::Uniform(B)).then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "node {} never served B after healing\n{}",
+        t.p,
+        fc.cluster.logs()
+    );
+    let settled = wait_for(READY_TIMEOUT, || {
+        converged(fc, u64::from(t.pg_count)).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "cluster never converged after healing\n{}",
+        fc.cluster.logs()
+    );
+    eprintln!("converged {:?} after healing", healed.elapsed());
+
+    // Every member holds the same chunks with the same bytes, the written one holding B.
+    for n in 1..=3 {
+        assert!(
+            fc.cluster.stop(n).is_some(),
+            "node {n} did not stop cleanly"
+        );
+    }
+    let copies: Vec<_> = (1..=3).map(|n| drive_chunks(&fc.cluster, n)).collect();
+    let key = format!("{}/{}", VolumeId(t.volume), t.index);
+    let (_, crc) = copies[0]
+        .get(&key)
+        .unwrap_or_else(|| panic!("node 1 lacks chunk {key}: {:?}", copies[0]));
+    assert_eq!(crc, &expected_crc(B), "chunk {key} holds B");
+    for (i, copy) in copies.iter().enumerate().skip(1) {
+        assert_eq!(copy, &copies[0], "node {} differs from node 1", i + 1);
+    }
+}
+
+/// The partition scenario. `leader_primary`: cut off the metadata service's Raft leader
+/// (choosing a chunk it is the primary of); otherwise a primary that is not the leader.
+fn isolated_primary(net: u8, leader_primary: bool) {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping the partition test: {why}");
+        return;
+    }
+    let spec = ClusterSpec::new(net, 3);
+    let lease = spec.down_after * 2 / 3;
+    let mut fc = FaultCluster::start(&spec);
+    let leader = fc
+        .in_client(|| fc.cluster.wait_formed(&Http::new(), 3, READY_TIMEOUT))
+        .unwrap_or_else(|| panic!("cluster never formed\n{}", fc.cluster.logs()));
+    let t = pick_target(&fc, leader, leader_primary);
+    let (p, w, offset) = (t.p, t.w, t.offset);
+    write_a(&fc, &t);
     let epoch_before = api_get(&fc, w, "/v1/cluster").expect("status")["epoch"].clone();
 
     // Cut the primary off. Its lease ends at most `lease` after its last heartbeat.
@@ -304,7 +395,10 @@ fn isolated_primary(net: u8, leader_primary: bool) {
     let cut = Instant::now();
     std::thread::sleep(lease + Duration::from_secs(1));
     let stale = read(&fc, p, offset);
-    eprintln!("{:?} after the cut, read through {p}: {stale:?}", cut.elapsed());
+    eprintln!(
+        "{:?} after the cut, read through {p}: {stale:?}",
+        cut.elapsed()
+    );
     assert!(
         !stale.is_data(),
         "node {p} answered a read with data {:?} after the cut (lease {lease:?})\n{}",
@@ -314,20 +408,31 @@ fn isolated_primary(net: u8, leader_primary: bool) {
 
     // Writes continue through a surviving node once the PG has failed over.
     let mut last = String::new();
-    let wrote = wait_for(Duration::from_secs(120), || match write(&fc, w, offset, B) {
-        Ok(()) => Some(cut.elapsed()),
-        Err(e) => {
-            last = e;
-            None
+    let wrote = wait_for(Duration::from_secs(120), || {
+        match write(&fc, w, offset, B) {
+            Ok(()) => Some(cut.elapsed()),
+            Err(e) => {
+                last = e;
+                None
+            }
         }
     })
     .unwrap_or_else(|| panic!("write B never succeeded: {last}\n{}", fc.cluster.logs()));
     eprintln!("B acknowledged {wrote:?} after the cut");
     assert_eq!(read(&fc, w, offset), Read::Uniform(B), "B through node {w}");
-    assert_eq!(read(&fc, s, offset), Read::Uniform(B), "B through node {s}");
+    assert_eq!(
+        read(&fc, t.s, offset),
+        Read::Uniform(B),
+        "B through node {}",
+        t.s
+    );
     let status = api_get(&fc, w, "/v1/cluster").expect("status");
     assert!(status["epoch"].as_u64() > epoch_before.as_u64(), "{status}");
-    assert_eq!(fc.in_client(|| fc.cluster.node_state(&Http::new(), w, p)).as_deref(), Some("down"));
+    assert_eq!(
+        fc.in_client(|| fc.cluster.node_state(&Http::new(), w, p))
+            .as_deref(),
+        Some("down")
+    );
 
     // The isolated node still holds A and is still reachable by the client: it must not
     // answer with it.
@@ -341,30 +446,7 @@ fn isolated_primary(net: u8, leader_primary: bool) {
         );
     }
 
-    // Heal: the node comes back, is recovered, and serves B.
-    fc.heal(p);
-    let healed = Instant::now();
-    let served = wait_for(READY_TIMEOUT, || {
-        (read(&fc, p, offset) == Read::Uniform(B)).then_some(())
-    });
-    assert!(served.is_some(), "node {p} never served B after healing\n{}", fc.cluster.logs());
-    let settled = wait_for(READY_TIMEOUT, || converged(&fc, u64::from(pg_count)).then_some(()));
-    assert!(settled.is_some(), "cluster never converged after healing\n{}", fc.cluster.logs());
-    eprintln!("converged {:?} after healing", healed.elapsed());
-
-    // Every member holds the same chunks with the same bytes, the written one holding B.
-    for n in 1..=3 {
-        assert!(fc.cluster.stop(n).is_some(), "node {n} did not stop cleanly");
-    }
-    let copies: Vec<_> = (1..=3).map(|n| drive_chunks(&fc.cluster, n)).collect();
-    let key = format!("{}/{index}", VolumeId(volume));
-    let (_, crc) = copies[0]
-        .get(&key)
-        .unwrap_or_else(|| panic!("node 1 lacks chunk {key}: {:?}", copies[0]));
-    assert_eq!(crc, &expected_crc(B), "chunk {key} holds B");
-    for (i, copy) in copies.iter().enumerate().skip(1) {
-        assert_eq!(copy, &copies[0], "node {} differs from node 1", i + 1);
-    }
+    heal_and_compare(&mut fc, &t);
 }
 
 /// Goal: a primary that is not the metadata leader, cut off from the other nodes, stops
@@ -380,4 +462,77 @@ fn isolated_primary_serves_no_stale_reads_and_converges() {
 #[test]
 fn isolated_leader_primary_serves_no_stale_reads_and_converges() {
     isolated_primary(92, true);
+}
+
+/// Goal: the harness's faults do what they say, checked with TCP connects between its
+/// namespaces (no cluster): a partition cuts a node off from the other nodes both ways but not
+/// from the client; a cut between two nodes leaves the client alone; a 100% drop rate drops
+/// everything; healing restores every path.
+#[test]
+fn fault_harness_cuts_drops_and_heals_links() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping the fault harness test: {why}");
+        return;
+    }
+    let mut lab = NetLab::create(2);
+    let port = 7000;
+    // Listeners that never accept: the kernel completes handshakes into the backlog.
+    let _listeners: Vec<std::net::TcpListener> = (1..=2)
+        .map(|n| {
+            lab.in_netns(&lab.node_netns(n), || {
+                std::net::TcpListener::bind((subnet_ip(n), port)).expect("bind in namespace")
+            })
+        })
+        .collect();
+    let (node1, node2, client) = (lab.node_netns(1), lab.node_netns(2), lab.client_netns());
+    let connects = |lab: &NetLab, from: &str, to: u8| {
+        lab.in_netns(from, || {
+            let addr = std::net::SocketAddr::new(subnet_ip(to), port);
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(700)).is_ok()
+        })
+    };
+    let paths = |lab: &NetLab| {
+        [
+            connects(lab, &node1, 2),
+            connects(lab, &node2, 1),
+            connects(lab, &client, 1),
+            connects(lab, &client, 2),
+        ]
+    };
+    assert_eq!(paths(&lab), [true; 4], "healthy");
+    lab.partition(1);
+    assert_eq!(
+        paths(&lab),
+        [false, false, true, true],
+        "node 1 partitioned"
+    );
+    lab.heal(1);
+    assert_eq!(paths(&lab), [true; 4], "healed");
+    lab.cut(2, 1);
+    assert_eq!(
+        paths(&lab),
+        [false, false, true, true],
+        "link 1-2 cut at node 2"
+    );
+    lab.heal(1);
+    assert_eq!(
+        paths(&lab),
+        [true; 4],
+        "healing node 1 removes node 2's cut"
+    );
+    lab.drop_rate(1, 100);
+    assert_eq!(
+        paths(&lab),
+        [false, false, true, true],
+        "100% drop at node 1"
+    );
+    lab.drop_rate(1, 0);
+    assert_eq!(paths(&lab), [true; 4], "no drop");
+    match lab.delay(1, 20) {
+        Ok(()) => {
+            assert_eq!(paths(&lab), [true; 4], "delayed, not dropped");
+            lab.delay(1, 0).expect("remove the delay");
+        }
+        Err(e) => eprintln!("delay not available here: {e}"),
+    }
 }

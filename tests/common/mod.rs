@@ -296,7 +296,10 @@ impl TestCluster {
 
     /// The API base URL of node `n`.
     pub fn api_url(&self, n: u8) -> String {
-        format!("http://{}", self.nodes[usize::from(n) - 1].config.api.listen)
+        format!(
+            "http://{}",
+            self.nodes[usize::from(n) - 1].config.api.listen
+        )
     }
 
     /// The NBD address of node `n`.

@@ -56,7 +56,10 @@ fn require_tools() {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        assert!(found, "`{tool}` missing: install {package} (scripts/test does)");
+        assert!(
+            found,
+            "`{tool}` missing: install {package} (scripts/test does)"
+        );
     }
 }
 
@@ -237,10 +240,12 @@ impl NetLab {
             if let Some(cut) = &cut {
                 lines.push(format!("ip {dir} {cut} drop"));
             }
-            if let (Some(others), pct @ 1..) = (&others, faults.drop_pct) {
-                lines.push(format!(
+            match (&others, faults.drop_pct) {
+                (None, _) | (_, 0) => {}
+                (Some(others), 100..) => lines.push(format!("ip {dir} {others} drop")),
+                (Some(others), pct) => lines.push(format!(
                     "ip {dir} {others} numgen random mod 100 < {pct} drop"
-                ));
+                )),
             }
             lines.join("\n")
         };
@@ -275,7 +280,13 @@ impl NetLab {
     /// Runs `f` on a thread inside the client namespace (sockets it opens and processes it
     /// spawns live there) and returns its result; a panic in `f` is re-raised.
     pub fn in_client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.client_netns());
+        self.in_netns(&self.client_netns(), f)
+    }
+
+    /// Runs `f` on a thread inside namespace `netns` (one of this lab's), like
+    /// [`NetLab::in_client`].
+    pub fn in_netns<T: Send>(&self, netns: &str, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{netns}");
         std::thread::scope(|scope| {
             let thread = scope.spawn(move || {
                 let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
