@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
+pub mod netns;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -80,6 +82,8 @@ pub struct NodeProc {
     pub config: NodeConfig,
     child: Option<Child>,
     log_path: PathBuf,
+    /// The network namespace the node runs in (`None`: the test's own).
+    netns: Option<String>,
 }
 
 impl NodeProc {
@@ -113,6 +117,11 @@ pub struct ClusterSpec {
     pub heartbeat_interval: Duration,
     /// Drive size per node.
     pub drive_size_bytes: u64,
+    /// Per-node addresses (index `n - 1`); a node without one uses 127.0.`net`.`n`.
+    pub addresses: Vec<IpAddr>,
+    /// Per-node network namespaces to run in (index `n - 1`); a node without one runs in the
+    /// test's own namespace.
+    pub netns: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -125,23 +134,44 @@ impl ClusterSpec {
             down_after: Duration::from_secs(3),
             heartbeat_interval: Duration::from_millis(500),
             drive_size_bytes: 256 << 20,
+            addresses: Vec::new(),
+            netns: Vec::new(),
         }
+    }
+}
+
+impl ClusterSpec {
+    /// Node `n`'s address: its entry in `addresses`, else 127.0.`net`.`n`.
+    pub fn address(&self, n: u8) -> IpAddr {
+        self.addresses
+            .get(usize::from(n) - 1)
+            .copied()
+            .unwrap_or_else(|| ip(self.net, n))
     }
 }
 
 impl TestCluster {
     /// Writes configs and starts every node; node 1 bootstraps, the others join through it.
     pub fn start(spec: &ClusterSpec) -> TestCluster {
+        let mut cluster = TestCluster::configure(spec);
+        for n in 1..=cluster.len() {
+            cluster.start_node(n);
+        }
+        cluster
+    }
+
+    /// Writes every node's configuration without starting any node.
+    pub fn configure(spec: &ClusterSpec) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("basalt-cluster-")
             .tempdir_in(std::env::var_os("BASALT_TEST_DIR").unwrap_or_else(|| "/var/tmp".into()))
             .expect("temp dir");
         let total = spec.voters + spec.followers;
-        let first_peer = SocketAddr::new(ip(spec.net, 1), 9641);
+        let first_peer = SocketAddr::new(spec.address(1), 9641);
         let mut nodes = Vec::new();
         for n in 1..=total {
             let mut config = NodeConfig::local_cluster(n, dir.path(), SECRET);
-            let addr = ip(spec.net, n);
+            let addr = spec.address(n);
             config.nbd.listen = SocketAddr::new(addr, 10809);
             config.api.listen = SocketAddr::new(addr, 9640);
             config.peer.listen = SocketAddr::new(addr, 9641);
@@ -183,17 +213,14 @@ impl TestCluster {
                 config,
                 child: None,
                 log_path: dir.path().join(format!("node{n}.log")),
+                netns: spec.netns.get(usize::from(n) - 1).cloned(),
             });
         }
-        let mut cluster = TestCluster {
+        TestCluster {
             net: spec.net,
             dir,
             nodes,
-        };
-        for n in 1..=total {
-            cluster.start_node(n);
         }
-        cluster
     }
 
     /// The cluster's temporary directory.
@@ -210,7 +237,17 @@ impl TestCluster {
             .append(true)
             .open(&node.log_path)
             .expect("node log");
-        let child = Command::new(workspace_bin("blockd"))
+        let blockd = workspace_bin("blockd");
+        let mut command = match &node.netns {
+            // `ip netns exec` execs blockd in place: the child's pid is the node's.
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(blockd);
+                command
+            }
+            None => Command::new(blockd),
+        };
+        let child = command
             .arg("--config")
             .arg(&node.config_path)
             .env(
@@ -259,12 +296,15 @@ impl TestCluster {
 
     /// The API base URL of node `n`.
     pub fn api_url(&self, n: u8) -> String {
-        format!("http://{}:9640", ip(self.net, n))
+        format!(
+            "http://{}",
+            self.nodes[usize::from(n) - 1].config.api.listen
+        )
     }
 
     /// The NBD address of node `n`.
     pub fn nbd_addr(&self, n: u8) -> SocketAddr {
-        SocketAddr::new(ip(self.net, n), 10809)
+        self.nodes[usize::from(n) - 1].config.nbd.listen
     }
 
     /// The last lines of node `n`'s log (for assertion messages).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, ForwardToLeader, InitializeError, RaftError};
-use openraft::{BasicNode, Config, Instant, Raft, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, Config, Instant, Raft, ReadPolicy, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
 use super::log_store::LogStore;
@@ -363,6 +363,14 @@ impl<S: ReplicatedState> MetaNode<S> {
     /// Whether this node currently believes it is the leader.
     pub fn is_leader(&self) -> bool {
         self.inner.raft.is_leader()
+    }
+
+    /// Whether a quorum of voters confirms, within `bound`, that this node still leads (a
+    /// Raft read index). A leader cut off from the other voters keeps believing it leads
+    /// until it hears of a newer term, so its belief alone proves nothing about now.
+    pub async fn confirm_leadership(&self, bound: Duration) -> bool {
+        let confirm = self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+        matches!(tokio::time::timeout(bound, confirm).await, Ok(Ok(_)))
     }
 
     /// Term, role, leader, log positions and membership, for the API and metrics.

@@ -194,6 +194,13 @@ async fn heartbeat_loop(shared: &NodeShared) {
         let sent = std::time::Instant::now();
         if leader == shared.node_id.0 {
             shared.record_heartbeat(shared.node_id);
+            // A leader cut off from the other voters still believes it leads: its lease
+            // needs a quorum's confirmation, like a follower's needs the leader's answer.
+            let bound = shared.config.meta.heartbeat_interval;
+            if !shared.meta.confirm_leadership(bound).await {
+                tracing::debug!("leadership not confirmed by a quorum: lease not extended");
+                continue;
+            }
             let state = shared.meta.read_state();
             let up = state
                 .node(shared.node_id)
