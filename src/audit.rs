@@ -457,85 +457,103 @@ pub enum Verdict {
     },
 }
 
+/// State of [`Expectations::replay`] between records.
+struct Replay {
+    seed: u64,
+    blocks: BTreeMap<u64, BlockExpectation>,
+    /// Intents not acknowledged (yet), by sequence.
+    pending: BTreeMap<u64, Record>,
+    stats: ReplayStats,
+    last_seq: u64,
+}
+
+impl Replay {
+    fn intent(&mut self, record: &Record) -> Result<(), String> {
+        if record.seq <= self.last_seq {
+            return Err(format!("sequence {} after {}", record.seq, self.last_seq));
+        }
+        let crc = crc32c::crc32c(&payload(
+            self.seed,
+            record.seq,
+            record.offset,
+            record.length,
+        ));
+        if crc != record.payload_crc {
+            return Err(format!(
+                "payload checksum {:#010x} of write {} is not the generator's {crc:#010x}",
+                record.payload_crc, record.seq
+            ));
+        }
+        self.last_seq = record.seq;
+        self.stats.intents += 1;
+        self.pending.insert(record.seq, *record);
+        for block in record.blocks() {
+            let entry = self.blocks.entry(block).or_default();
+            if entry.maybe.len() >= MAYBE_PER_BLOCK_MAX {
+                entry.maybe.remove(0);
+            }
+            entry.maybe.push(record.seq);
+        }
+        Ok(())
+    }
+
+    fn ack(&mut self, record: &Record) -> Result<(), String> {
+        let Some(intent) = self.pending.remove(&record.seq) else {
+            return Err(format!(
+                "acknowledgement of write {} without a pending intent",
+                record.seq
+            ));
+        };
+        if (intent.offset, intent.length, intent.payload_crc)
+            != (record.offset, record.length, record.payload_crc)
+        {
+            return Err(format!(
+                "acknowledgement of write {} differs from its intent",
+                record.seq
+            ));
+        }
+        self.stats.acks += 1;
+        for block in record.blocks() {
+            let entry = self.blocks.entry(block).or_default();
+            // Writes before this one were sent before it: superseded. Later unacknowledged
+            // ones may still have landed after it.
+            if entry.acked.is_none_or(|acked| acked < record.seq) {
+                entry.acked = Some(record.seq);
+            }
+            entry.maybe.retain(|seq| *seq > record.seq);
+        }
+        Ok(())
+    }
+}
+
 impl Expectations {
     /// Replays `log`: intents in sequence order, each ack after its intent, and payload
     /// checksums that match the generator (so the log and this checker agree on payloads).
     pub fn replay(log: &DecodedLog) -> Result<(Expectations, ReplayStats), LogError> {
-        let mut blocks: BTreeMap<u64, BlockExpectation> = BTreeMap::new();
-        let mut pending: BTreeMap<u64, Record> = BTreeMap::new();
-        let mut stats = ReplayStats::default();
-        let mut last_seq = 0;
+        let mut replay = Replay {
+            seed: log.seed,
+            blocks: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            stats: ReplayStats::default(),
+            last_seq: 0,
+        };
         for (index, record) in log.records.iter().enumerate() {
-            let inconsistent = |reason: String| LogError::Inconsistent {
+            let result = match record.kind {
+                RecordKind::Intent => replay.intent(record),
+                RecordKind::Ack => replay.ack(record),
+            };
+            result.map_err(|reason| LogError::Inconsistent {
                 index: index as u64,
                 reason,
-            };
-            match record.kind {
-                RecordKind::Intent => {
-                    if record.seq <= last_seq {
-                        return Err(inconsistent(format!(
-                            "sequence {} after {last_seq}",
-                            record.seq
-                        )));
-                    }
-                    let crc = crc32c::crc32c(&payload(
-                        log.seed,
-                        record.seq,
-                        record.offset,
-                        record.length,
-                    ));
-                    if crc != record.payload_crc {
-                        return Err(inconsistent(format!(
-                            "payload checksum {:#010x} of write {} is not the generator's {crc:#010x}",
-                            record.payload_crc, record.seq
-                        )));
-                    }
-                    last_seq = record.seq;
-                    stats.intents += 1;
-                    pending.insert(record.seq, *record);
-                    for block in record.blocks() {
-                        let entry = blocks.entry(block).or_default();
-                        if entry.maybe.len() >= MAYBE_PER_BLOCK_MAX {
-                            entry.maybe.remove(0);
-                        }
-                        entry.maybe.push(record.seq);
-                    }
-                }
-                RecordKind::Ack => {
-                    let Some(intent) = pending.remove(&record.seq) else {
-                        return Err(inconsistent(format!(
-                            "acknowledgement of write {} without a pending intent",
-                            record.seq
-                        )));
-                    };
-                    if (intent.offset, intent.length, intent.payload_crc)
-                        != (record.offset, record.length, record.payload_crc)
-                    {
-                        return Err(inconsistent(format!(
-                            "acknowledgement of write {} differs from its intent",
-                            record.seq
-                        )));
-                    }
-                    stats.acks += 1;
-                    for block in record.blocks() {
-                        let entry = blocks.entry(block).or_default();
-                        // Writes before this one were sent before it: superseded. Later
-                        // unacknowledged ones may still have landed after it.
-                        if entry.acked.is_none_or(|acked| acked < record.seq) {
-                            entry.acked = Some(record.seq);
-                        }
-                        entry.maybe.retain(|seq| *seq > record.seq);
-                    }
-                }
-            }
+            })?;
         }
-        stats.unacknowledged = pending.len() as u64;
+        replay.stats.unacknowledged = replay.pending.len() as u64;
         Ok((
             Expectations {
                 seed: log.seed,
-                blocks,
+                blocks: replay.blocks,
             },
-            stats,
+            replay.stats,
         ))
     }
 

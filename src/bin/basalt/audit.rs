@@ -423,157 +423,204 @@ fn pick_range(
     None
 }
 
+/// The writer's state across connections.
+struct Writer {
+    log: AuditLog,
+    seed: u64,
+    next_seq: u64,
+    rng: SplitMix64,
+    span_blocks: u64,
+    max_blocks: u64,
+    depth: usize,
+    ops: Option<u64>,
+    /// Cookie and intent of each write in flight on the current connection.
+    in_flight: Vec<(u64, Record)>,
+    summary: WriteSummary,
+}
+
+impl Writer {
+    /// Tops the connection up to `depth` writes in flight, in batches so that one log sync
+    /// covers several intents; the intents are durable before their writes leave.
+    fn refill(&mut self, codec: &mut ClientTransmission) -> anyhow::Result<()> {
+        if self.in_flight.len() > self.depth / 2 {
+            return Ok(());
+        }
+        let mut batch: Vec<(Record, Vec<u8>)> = Vec::new();
+        while self.in_flight.len() + batch.len() < self.depth
+            && self
+                .ops
+                .is_none_or(|ops| self.summary.writes_sent + (batch.len() as u64) < ops)
+        {
+            let busy: Vec<(u64, u64)> = self
+                .in_flight
+                .iter()
+                .map(|(_, record)| record)
+                .chain(batch.iter().map(|(record, _)| record))
+                .map(|record| (record.blocks().start, record.blocks().end))
+                .collect();
+            let Some((first, end)) =
+                pick_range(&mut self.rng, self.span_blocks, self.max_blocks, &busy)
+            else {
+                break;
+            };
+            let offset = first * AUDIT_BLOCK_BYTES;
+            let length =
+                u32::try_from((end - first) * AUDIT_BLOCK_BYTES).context("write length")?;
+            let data = payload(self.seed, self.next_seq, offset, length);
+            let record = Record {
+                kind: RecordKind::Intent,
+                seq: self.next_seq,
+                offset,
+                length,
+                payload_crc: crc32c::crc32c(&data),
+            };
+            self.next_seq += 1;
+            self.log.append(&record);
+            batch.push((record, data));
+        }
+        self.log.sync()?;
+        for (record, data) in batch {
+            let cookie = codec.write(record.offset, &data, false)?;
+            self.summary.writes_sent += 1;
+            self.in_flight.push((cookie, record));
+        }
+        Ok(())
+    }
+
+    /// Logs the acknowledged writes among `replies` and counts the failed ones.
+    fn on_replies(&mut self, replies: Vec<ClientReply>) {
+        for reply in replies {
+            let Some(index) = self.in_flight.iter().position(|(c, _)| *c == reply.cookie) else {
+                continue;
+            };
+            let (_, record) = self.in_flight.swap_remove(index);
+            match reply.result {
+                Ok(_) => {
+                    self.log.append(&Record {
+                        kind: RecordKind::Ack,
+                        ..record
+                    });
+                    self.summary.writes_acknowledged += 1;
+                    self.summary.bytes_acknowledged += u64::from(record.length);
+                }
+                Err(code) => {
+                    self.summary.writes_failed += 1;
+                    eprintln!(
+                        "basalt: audit: write {} at {} failed: {code:?}",
+                        record.seq, record.offset
+                    );
+                }
+            }
+        }
+    }
+
+    /// The connection broke: its writes in flight stay unacknowledged intents.
+    fn on_lost(&mut self, error: &anyhow::Error) {
+        eprintln!(
+            "basalt: audit: connection lost with {} writes in flight: {error:#}",
+            self.in_flight.len()
+        );
+        self.summary.writes_lost += self.in_flight.len() as u64;
+        self.in_flight.clear();
+    }
+}
+
+impl Writer {
+    /// Opens (or continues) the log and the first connection.
+    async fn start(args: &WriteArgs) -> anyhow::Result<(Writer, Conn)> {
+        let target = &args.target;
+        let block_size = args.block_size.0;
+        if !(AUDIT_BLOCK_BYTES..=1 << 20).contains(&block_size)
+            || !block_size.is_multiple_of(AUDIT_BLOCK_BYTES)
+        {
+            bail!("--block-size must be a multiple of 4K in 4K..=1M");
+        }
+        let (log, decoded) = AuditLog::open(&target.log, args.seed)?;
+        let (seed, next_seq) = (decoded.seed, decoded.next_seq());
+        drop(decoded);
+        let conn = Conn::open(&target.nbd, &target.export).await?;
+        let export_bytes = conn.codec.negotiated().size_bytes;
+        let span = args
+            .span
+            .map_or(export_bytes, |span| span.0.min(export_bytes));
+        let span_blocks = span / AUDIT_BLOCK_BYTES;
+        if span_blocks == 0 {
+            bail!("the export ({export_bytes} bytes) has no room for a 4 KiB write");
+        }
+        let writer = Writer {
+            log,
+            seed,
+            next_seq,
+            rng: SplitMix64::new(seed ^ next_seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            span_blocks,
+            max_blocks: block_size / AUDIT_BLOCK_BYTES,
+            depth: usize::from(args.depth),
+            ops: args.ops,
+            in_flight: Vec::new(),
+            summary: WriteSummary {
+                log: target.log.clone(),
+                seed,
+                first_seq: next_seq,
+                ..WriteSummary::default()
+            },
+        };
+        Ok((writer, conn))
+    }
+}
+
 async fn write(args: &WriteArgs) -> anyhow::Result<WriteSummary> {
     let target = &args.target;
-    let block_size = args.block_size.0;
-    if !(AUDIT_BLOCK_BYTES..=1 << 20).contains(&block_size)
-        || !block_size.is_multiple_of(AUDIT_BLOCK_BYTES)
-    {
-        bail!("--block-size must be a multiple of 4K in 4K..=1M");
-    }
-    let (mut log, decoded) = AuditLog::open(&target.log, args.seed)?;
-    let seed = decoded.seed;
-    let mut next_seq = decoded.next_seq();
-    drop(decoded);
     let patience = Duration::from_secs(target.reconnect_secs);
-    let mut conn = Some(Conn::open(&target.nbd, &target.export).await?);
-    let export_bytes = conn.as_ref().map_or(0, |c| c.codec.negotiated().size_bytes);
-    let span = args
-        .span
-        .map_or(export_bytes, |span| span.0.min(export_bytes));
-    let span_blocks = span / AUDIT_BLOCK_BYTES;
-    if span_blocks == 0 {
-        bail!("the export ({export_bytes} bytes) has no room for a 4 KiB write");
-    }
-    let max_blocks = block_size / AUDIT_BLOCK_BYTES;
-    let depth = usize::from(args.depth);
+    let (mut writer, conn) = Writer::start(args).await?;
+    let mut conn = Some(conn);
     let started = Instant::now();
-    let seconds = args
-        .seconds
-        .or(if args.ops.is_some() {
-            None
-        } else {
-            Some(DEFAULT_SECONDS)
-        })
-        .map(Duration::from_secs);
-    let mut rng = SplitMix64::new(seed ^ next_seq.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut summary = WriteSummary {
-        log: target.log.clone(),
-        seed,
-        first_seq: next_seq,
-        ..WriteSummary::default()
-    };
-    // Cookie → the intent of a write in flight on the current connection.
-    let mut in_flight: Vec<(u64, Record)> = Vec::new();
+    let default_seconds = args.ops.is_none().then_some(DEFAULT_SECONDS);
+    let seconds = args.seconds.or(default_seconds).map(Duration::from_secs);
     loop {
         let stop = seconds.is_some_and(|limit| started.elapsed() >= limit)
-            || args.ops.is_some_and(|ops| summary.writes_sent >= ops);
-        if stop && in_flight.is_empty() {
+            || args
+                .ops
+                .is_some_and(|ops| writer.summary.writes_sent >= ops);
+        if stop && writer.in_flight.is_empty() {
             break;
         }
         let Some(current) = conn.as_mut() else {
-            summary.reconnects += 1;
+            writer.summary.reconnects += 1;
             eprintln!("basalt: audit: reconnecting to {}", target.nbd);
             match Conn::open_retrying(&target.nbd, &target.export, patience).await {
                 Ok(fresh) => conn = Some(fresh),
                 Err(error) => {
-                    log.sync()?;
+                    writer.log.sync()?;
                     return Err(error);
                 }
             }
             continue;
         };
-        // Refill in batches, so one log sync covers several intents.
-        if !stop && in_flight.len() <= depth / 2 {
-            let mut batch = Vec::new();
-            while in_flight.len() + batch.len() < depth
-                && args
-                    .ops
-                    .is_none_or(|ops| summary.writes_sent + (batch.len() as u64) < ops)
-            {
-                let busy: Vec<(u64, u64)> = in_flight
-                    .iter()
-                    .map(|(_, record)| record)
-                    .chain(batch.iter().map(|(record, _)| record))
-                    .map(|record| (record.blocks().start, record.blocks().end))
-                    .collect();
-                let Some((first, end)) = pick_range(&mut rng, span_blocks, max_blocks, &busy)
-                else {
-                    break;
-                };
-                let offset = first * AUDIT_BLOCK_BYTES;
-                let length =
-                    u32::try_from((end - first) * AUDIT_BLOCK_BYTES).context("write length")?;
-                let data = payload(seed, next_seq, offset, length);
-                let record = Record {
-                    kind: RecordKind::Intent,
-                    seq: next_seq,
-                    offset,
-                    length,
-                    payload_crc: crc32c::crc32c(&data),
-                };
-                next_seq += 1;
-                log.append(&record);
-                batch.push((record, data));
-            }
-            // Intents are durable before their writes leave.
-            log.sync()?;
-            for (record, data) in batch {
-                let cookie = current.codec.write(record.offset, &data, false)?;
-                summary.writes_sent += 1;
-                in_flight.push((cookie, record));
-            }
+        if !stop {
+            writer.refill(&mut current.codec)?;
         }
-        if in_flight.is_empty() {
+        if writer.in_flight.is_empty() {
             continue;
         }
         match current.step(REPLY_TIMEOUT).await {
-            Ok(replies) => {
-                for reply in replies {
-                    let Some(index) = in_flight.iter().position(|(c, _)| *c == reply.cookie) else {
-                        continue;
-                    };
-                    let (_, record) = in_flight.swap_remove(index);
-                    match reply.result {
-                        Ok(_) => {
-                            log.append(&Record {
-                                kind: RecordKind::Ack,
-                                ..record
-                            });
-                            summary.writes_acknowledged += 1;
-                            summary.bytes_acknowledged += u64::from(record.length);
-                        }
-                        Err(code) => {
-                            summary.writes_failed += 1;
-                            eprintln!(
-                                "basalt: audit: write {} at {} failed: {code:?}",
-                                record.seq, record.offset
-                            );
-                        }
-                    }
-                }
-            }
+            Ok(replies) => writer.on_replies(replies),
             Err(error) => {
-                eprintln!(
-                    "basalt: audit: connection lost with {} writes in flight: {error:#}",
-                    in_flight.len()
-                );
-                summary.writes_lost += in_flight.len() as u64;
-                in_flight.clear();
+                writer.on_lost(&error);
                 conn = None;
             }
         }
-        if log.last_sync.elapsed() >= ACK_SYNC_INTERVAL {
-            log.sync()?;
+        if writer.log.last_sync.elapsed() >= ACK_SYNC_INTERVAL {
+            writer.log.sync()?;
         }
     }
-    log.sync()?;
+    writer.log.sync()?;
     if let Some(conn) = conn
         && let Err(error) = conn.close().await
     {
         eprintln!("basalt: audit: closing the connection: {error:#}");
     }
-    summary.last_seq = next_seq.saturating_sub(1);
+    let mut summary = writer.summary;
+    summary.last_seq = writer.next_seq.saturating_sub(1);
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -612,9 +659,49 @@ impl CheckSummary {
         self.mismatches == 0 && self.read_errors == 0
     }
 
+    /// Keeps `mismatch` if it is among the [`MISMATCHES_SHOWN`] lowest offsets so far
+    /// (replies come in any order, so the list is trimmed rather than closed early).
     fn note(&mut self, mismatch: Mismatch) {
-        if self.first_mismatches.len() < MISMATCHES_SHOWN {
-            self.first_mismatches.push(mismatch);
+        self.first_mismatches.push(mismatch);
+        if self.first_mismatches.len() >= 4 * MISMATCHES_SHOWN {
+            self.first_mismatches.sort_by_key(|failure| failure.offset);
+            self.first_mismatches.truncate(MISMATCHES_SHOWN);
+        }
+    }
+
+    /// Judges the read of `count` blocks from block `first`.
+    fn judge_read(
+        &mut self,
+        expectations: &Expectations,
+        first: u64,
+        count: u64,
+        result: Result<bytes::Bytes, Result<basalt::nbd::ErrorCode, u32>>,
+    ) {
+        let data = match result {
+            Ok(data) => data,
+            Err(code) => {
+                self.read_errors += count;
+                self.note(Mismatch {
+                    offset: first * AUDIT_BLOCK_BYTES,
+                    expected: format!("{count} readable blocks"),
+                    found: format!("read error {code:?}"),
+                });
+                return;
+            }
+        };
+        for (i, block_data) in data.chunks(AUDIT_BLOCK_BYTES as usize).enumerate() {
+            let block = first + i as u64;
+            self.blocks_checked += 1;
+            if let Verdict::Mismatch { expected, found } =
+                expectations.verify_block(block, block_data)
+            {
+                self.mismatches += 1;
+                self.note(Mismatch {
+                    offset: block * AUDIT_BLOCK_BYTES,
+                    expected: describe(&expected),
+                    found: found.to_string(),
+                });
+            }
         }
     }
 }
@@ -681,30 +768,36 @@ fn read_runs(expectations: &Expectations) -> Vec<(u64, u64)> {
     runs
 }
 
-async fn check(target: &Target) -> anyhow::Result<CheckSummary> {
-    let bytes =
-        std::fs::read(&target.log).with_context(|| format!("reading {}", target.log.display()))?;
-    let decoded =
-        decode_log(&bytes).with_context(|| format!("reading {}", target.log.display()))?;
-    let (expectations, stats) = Expectations::replay(&decoded)
-        .with_context(|| format!("replaying {}", target.log.display()))?;
-    let mut summary = CheckSummary {
-        log: target.log.clone(),
+/// Reads and replays the log: what every block must hold, and a summary to fill in.
+fn load(log: &Path) -> anyhow::Result<(Expectations, CheckSummary)> {
+    let bytes = std::fs::read(log).with_context(|| format!("reading {}", log.display()))?;
+    let decoded = decode_log(&bytes).with_context(|| format!("reading {}", log.display()))?;
+    let (expectations, stats) =
+        Expectations::replay(&decoded).with_context(|| format!("replaying {}", log.display()))?;
+    let summary = CheckSummary {
+        log: log.to_owned(),
         records: decoded.records.len() as u64,
         writes: stats.intents,
         writes_acknowledged: stats.acks,
         writes_unacknowledged: stats.unacknowledged,
         torn_tail_bytes: decoded.torn_tail.map_or(0, |tail| tail.bytes),
+        blocks_either: expectations
+            .blocks()
+            .filter(|(_, expected)| expected.is_either())
+            .count() as u64,
         ..CheckSummary::default()
     };
-    drop(decoded);
+    Ok((expectations, summary))
+}
+
+async fn check(target: &Target) -> anyhow::Result<CheckSummary> {
+    let (expectations, mut summary) = load(&target.log)?;
     let mut pending = read_runs(&expectations);
     pending.reverse(); // popped from the back: offset order
     let patience = Duration::from_secs(target.reconnect_secs);
     let mut conn = Conn::open(&target.nbd, &target.export).await?;
     let mut reconnects = 0;
     let mut in_flight: Vec<(u64, (u64, u64))> = Vec::new();
-    let mut failures: Vec<Mismatch> = Vec::new();
     while !pending.is_empty() || !in_flight.is_empty() {
         while in_flight.len() < CHECK_DEPTH
             && let Some((first, count)) = pending.pop()
@@ -715,7 +808,7 @@ async fn check(target: &Target) -> anyhow::Result<CheckSummary> {
                 Ok(cookie) => in_flight.push((cookie, (first, count))),
                 Err(error) => {
                     summary.read_errors += count;
-                    failures.push(Mismatch {
+                    summary.note(Mismatch {
                         offset,
                         expected: "a readable range".into(),
                         found: error.to_string(),
@@ -730,32 +823,7 @@ async fn check(target: &Target) -> anyhow::Result<CheckSummary> {
                         continue;
                     };
                     let (_, (first, count)) = in_flight.swap_remove(index);
-                    let data = match reply.result {
-                        Ok(data) => data,
-                        Err(code) => {
-                            summary.read_errors += count;
-                            failures.push(Mismatch {
-                                offset: first * AUDIT_BLOCK_BYTES,
-                                expected: format!("{count} readable blocks"),
-                                found: format!("read error {code:?}"),
-                            });
-                            continue;
-                        }
-                    };
-                    for (i, block_data) in data.chunks(AUDIT_BLOCK_BYTES as usize).enumerate() {
-                        let block = first + i as u64;
-                        summary.blocks_checked += 1;
-                        if let Verdict::Mismatch { expected, found } =
-                            expectations.verify_block(block, block_data)
-                        {
-                            summary.mismatches += 1;
-                            failures.push(Mismatch {
-                                offset: block * AUDIT_BLOCK_BYTES,
-                                expected: describe(&expected),
-                                found: found.to_string(),
-                            });
-                        }
-                    }
+                    summary.judge_read(&expectations, first, count, reply.result);
                 }
             }
             Err(error) => {
@@ -770,14 +838,10 @@ async fn check(target: &Target) -> anyhow::Result<CheckSummary> {
             }
         }
     }
-    summary.blocks_either = expectations
-        .blocks()
-        .filter(|(_, expected)| expected.is_either())
-        .count() as u64;
-    failures.sort_by_key(|failure| failure.offset);
-    for failure in failures {
-        summary.note(failure);
-    }
+    summary
+        .first_mismatches
+        .sort_by_key(|failure| failure.offset);
+    summary.first_mismatches.truncate(MISMATCHES_SHOWN);
     if let Err(error) = conn.close().await {
         eprintln!("basalt: audit: closing the connection: {error:#}");
     }
