@@ -22,8 +22,9 @@
 //!   `BLOCK_STATUS` and `BLOCK_STATUS_EXT` chunks.
 //! - Not supported: oldstyle and plain newstyle negotiation, TLS, `CMD_RESIZE`, metadata
 //!   contexts other than `base:allocation`, server-initiated shutdown
-//!   (`REP_ERR_SHUTDOWN`/`ESHUTDOWN`). The client side is the handshake only ([`client`]): a
-//!   host initiator hands the negotiated socket to the kernel for transmission.
+//!   (`REP_ERR_SHUTDOWN`/`ESHUTDOWN`). The client side ([`client`]) is the handshake (a host
+//!   initiator then hands the socket to the kernel) and a simple-reply transmission codec for
+//!   userspace tools (`basalt audit`).
 //!
 //! # Limits
 //! Block sizes: minimum 512, preferred 4096, maximum payload 32 MiB
@@ -48,7 +49,10 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use client::{ClientHandshake, ClientHandshakeError, ClientNegotiated};
+pub use client::{
+    ClientHandshake, ClientHandshakeError, ClientNegotiated, ClientReply, ClientReplyError,
+    ClientRequestError, ClientTransmission,
+};
 pub use error::{FaultClass, MalformedInput, NbdError, ProtocolViolation, Unsupported};
 pub use export::{BlockSizeConstraints, ExportCatalog, ExportFeatures, ExportInfo, ExportListing};
 pub use handshake::{Negotiated, ServerConfig, TlsMode};

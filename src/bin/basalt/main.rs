@@ -3,8 +3,10 @@
 //! `basalt [--api URL] [--token T] [--json] cluster|node|volume ...` prints human tables by
 //! default and the API's JSON with `--json`. Exit codes: 0 ok, 1 the server refused (a problem
 //! document), 2 usage, 3 the API was unreachable. `basalt demo` runs the quick-start demo by
-//! delegating to the `blockd` daemon binary.
+//! delegating to the `blockd` daemon binary. `basalt audit write|check` is the
+//! acknowledged-write audit workload (`docs/audit.md`).
 
+mod audit;
 mod up;
 
 use std::path::{Path, PathBuf};
@@ -64,6 +66,10 @@ enum Cmd {
     /// Quick start: start a local 3-node cluster on 127.0.0.1-3 with a volume `demo` exported
     /// over NBD; Ctrl-C stops it.
     Up(up::UpArgs),
+    /// Acknowledged-write audit: logged random writes over NBD, and the check that every
+    /// acknowledged one reads back (docs/audit.md).
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// Single-drive demo: format a file-backed drive under ./basalt-demo, run a verified
     /// write/read workload on it, reopen it and verify again (runs `blockd demo`).
     Demo {
@@ -176,6 +182,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Cmd::Audit(command) => return audit::run(command, json),
         Cmd::Demo { args } => {
             return match run_blockd("demo", &args) {
                 Ok(code) => code,
