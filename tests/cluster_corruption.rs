@@ -209,6 +209,86 @@ fn scrub_all(cluster: &TestCluster) -> Vec<ScrubStatus> {
         .collect()
 }
 
+/// Flips a byte in the only copy of each block of `wanted` in `drive`; returns how many.
+fn corrupt(drive: &Path, wanted: &[u64]) -> u64 {
+    let located = locate(drive, wanted);
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(drive)
+            .expect("open drive for writing");
+        for (index, offsets) in &located {
+            assert_eq!(
+                offsets.len(),
+                1,
+                "block {index} should have exactly one copy on the drive"
+            );
+            let at = offsets[0] + 100;
+            let mut byte = [0u8; 1];
+            file.seek(SeekFrom::Start(at)).expect("seek");
+            file.read_exact(&mut byte).expect("read byte");
+            byte[0] ^= 0xff;
+            file.seek(SeekFrom::Start(at)).expect("seek");
+            file.write_all(&byte).expect("flip byte");
+        }
+        file.sync_all().expect("sync drive");
+    }
+    located.len() as u64
+}
+
+/// Opens `drive` (its node stopped) and checks every chunk of `volume` reads back as `expected`.
+fn assert_store_whole(drive: &Path, volume: VolumeId, expected: &[u8]) {
+    let rt = runtime();
+    rt.block_on(async {
+        let store = Store::open(drive, OpenOptions::default())
+            .await
+            .expect("open the damaged drive");
+        for index in 0..VOLUME_BYTES / CHUNK {
+            let chunk = ChunkKey::new(volume, index);
+            let bytes = store
+                .read(chunk, 0, store.chunk_size_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("chunk {index} on the damaged node: {e}"));
+            let at = (index * CHUNK) as usize;
+            assert!(
+                bytes[..] == expected[at..at + CHUNK as usize],
+                "chunk {index} on the damaged node differs"
+            );
+        }
+        store.close().await.expect("close store");
+    });
+}
+
+/// The first scrub's findings plus the read repairs are the damaged blocks, all repaired,
+/// every chunk compared once.
+fn check_first_scrub(cluster: &TestCluster, first: &[ScrubStatus], corrupted: u64) {
+    let read_repairs: u64 = (1..=3).map(|n| scrub_status(cluster, n).read_repairs).sum();
+    let figures: Vec<_> = first
+        .iter()
+        .map(|s| s.last_pass.as_ref().expect("a last pass").figures)
+        .collect();
+    let errors: u64 = figures.iter().map(|f| f.errors).sum();
+    let repairs: u64 = figures.iter().map(|f| f.repairs).sum();
+    let unrepaired: u64 = figures.iter().map(|f| f.unrepaired).sum();
+    let chunks: u64 = figures.iter().map(|f| f.chunks).sum();
+    eprintln!(
+        "damaged {corrupted}, read repairs {read_repairs}, scrub errors {errors}, repairs {repairs}"
+    );
+    assert_eq!(
+        read_repairs + errors,
+        corrupted,
+        "read repairs and scrub findings add up to the damaged blocks: {first:?}"
+    );
+    assert_eq!(repairs, errors, "every finding repaired: {first:?}");
+    assert_eq!(unrepaired, 0, "{first:?}");
+    assert_eq!(
+        chunks,
+        VOLUME_BYTES / CHUNK,
+        "every chunk scrubbed once: {first:?}"
+    );
+}
+
 /// Goal: corrupt blocks on one member's drive file; reads return correct data; scrub finds and
 /// repairs every corrupted block; the counts match; a second scrub finds nothing.
 #[test]
@@ -247,30 +327,7 @@ fn corrupted_blocks_are_read_around_and_repaired() {
     let drive = cluster.nodes[usize::from(VICTIM) - 1].config.drives[0]
         .path
         .clone();
-    let located = locate(&drive, &wanted);
-    {
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&drive)
-            .expect("open drive for writing");
-        for (index, offsets) in &located {
-            assert_eq!(
-                offsets.len(),
-                1,
-                "block {index} should have exactly one copy on the drive"
-            );
-            let at = offsets[0] + 100;
-            let mut byte = [0u8; 1];
-            file.seek(SeekFrom::Start(at)).expect("seek");
-            file.read_exact(&mut byte).expect("read byte");
-            byte[0] ^= 0xff;
-            file.seek(SeekFrom::Start(at)).expect("seek");
-            file.write_all(&byte).expect("flip byte");
-        }
-        file.sync_all().expect("sync drive");
-    }
-    let corrupted = located.len() as u64;
+    let corrupted = corrupt(&drive, &wanted);
     cluster.start_node(VICTIM);
     wait_healthy(&cluster, VICTIM);
 
@@ -294,32 +351,7 @@ fn corrupted_blocks_are_read_around_and_repaired() {
 
     // (b) A scrub on every node finds and repairs every damaged block not yet rewritten.
     let first = scrub_all(&cluster);
-    let read_repairs: u64 = (1..=3)
-        .map(|n| scrub_status(&cluster, n).read_repairs)
-        .sum();
-    let figures: Vec<_> = first
-        .iter()
-        .map(|s| s.last_pass.as_ref().expect("a last pass").figures)
-        .collect();
-    let errors: u64 = figures.iter().map(|f| f.errors).sum();
-    let repairs: u64 = figures.iter().map(|f| f.repairs).sum();
-    let unrepaired: u64 = figures.iter().map(|f| f.unrepaired).sum();
-    let chunks: u64 = figures.iter().map(|f| f.chunks).sum();
-    eprintln!(
-        "damaged {corrupted}, read repairs {read_repairs}, scrub errors {errors}, repairs {repairs}"
-    );
-    assert_eq!(
-        read_repairs + errors,
-        corrupted,
-        "read repairs and scrub findings add up to the damaged blocks: {first:?}"
-    );
-    assert_eq!(repairs, errors, "every finding repaired: {first:?}");
-    assert_eq!(unrepaired, 0, "{first:?}");
-    assert_eq!(
-        chunks,
-        VOLUME_BYTES / CHUNK,
-        "every chunk scrubbed once: {first:?}"
-    );
+    check_first_scrub(&cluster, &first, corrupted);
 
     // A second pass finds nothing.
     let second = scrub_all(&cluster);
@@ -334,23 +366,5 @@ fn corrupted_blocks_are_read_around_and_repaired() {
 
     // The damaged node's own copy is whole again.
     cluster.stop(VICTIM);
-    let rt = runtime();
-    rt.block_on(async {
-        let store = Store::open(&drive, OpenOptions::default())
-            .await
-            .expect("open the damaged drive");
-        for index in 0..VOLUME_BYTES / CHUNK {
-            let chunk = ChunkKey::new(VolumeId(volume.id), index);
-            let bytes = store
-                .read(chunk, 0, store.chunk_size_bytes())
-                .await
-                .unwrap_or_else(|e| panic!("chunk {index} on the damaged node: {e}"));
-            let at = (index * CHUNK) as usize;
-            assert!(
-                bytes[..] == expected[at..at + CHUNK as usize],
-                "chunk {index} on the damaged node differs"
-            );
-        }
-        store.close().await.expect("close store");
-    });
+    assert_store_whole(&drive, VolumeId(volume.id), &expected);
 }

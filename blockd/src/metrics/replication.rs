@@ -142,32 +142,12 @@ fn encode_pg_states(
     )
 }
 
-/// Encodes the replication families of `snapshot`.
-pub fn encode(
+/// Encodes this node's scrub and read repair figures.
+fn encode_scrub(
     encoder: &mut DescriptorEncoder,
     snapshot: &ClusterSnapshot,
-    peers: &PeerStats,
 ) -> Result<(), std::fmt::Error> {
-    encode_pg_states(encoder, snapshot)?;
-    let replication = &snapshot.replication;
-    let remaining_objects = replication.remaining_chunks;
-    let gauges: [(&str, &str, u64); 2] = [
-        (
-            "recovery_remaining_bytes",
-            "Bytes this node's primaries still have to copy in their current recovery passes \
-             (at most a chunk each)",
-            remaining_objects * u64::from(snapshot.chunk_size_bytes),
-        ),
-        (
-            "recovery_remaining_objects",
-            "Chunks this node's primaries still have to copy in their current recovery passes",
-            remaining_objects,
-        ),
-    ];
-    for (name, help, value) in gauges {
-        encode_gauge(encoder, name, help, value)?;
-    }
-    let scrub = &replication.scrub;
+    let scrub = &snapshot.replication.scrub;
     let (done, total) = scrub.progress;
     encode_gauge(
         encoder,
@@ -179,17 +159,7 @@ pub fn encode(
             done as f64 / total as f64
         },
     )?;
-    let counters: [(&str, &str, u64); 8] = [
-        (
-            "recovery_bytes",
-            "Bytes copied by this node's peering and recovery",
-            replication.recovered_bytes,
-        ),
-        (
-            "recovery_objects",
-            "Chunks copied or deleted by this node's peering and recovery",
-            replication.recovered_chunks,
-        ),
+    let counters: [(&str, &str, u64); 6] = [
         (
             "scrub_chunks",
             "Chunks scrubbed by this node (every copy compared)",
@@ -233,6 +203,50 @@ pub fn encode(
          cluster's creation before the first pass)",
         last_ms as f64 / 1000.0,
     )?;
+    Ok(())
+}
+
+/// Encodes the replication families of `snapshot`.
+pub fn encode(
+    encoder: &mut DescriptorEncoder,
+    snapshot: &ClusterSnapshot,
+    peers: &PeerStats,
+) -> Result<(), std::fmt::Error> {
+    encode_pg_states(encoder, snapshot)?;
+    let replication = &snapshot.replication;
+    let remaining_objects = replication.remaining_chunks;
+    let gauges: [(&str, &str, u64); 2] = [
+        (
+            "recovery_remaining_bytes",
+            "Bytes this node's primaries still have to copy in their current recovery passes \
+             (at most a chunk each)",
+            remaining_objects * u64::from(snapshot.chunk_size_bytes),
+        ),
+        (
+            "recovery_remaining_objects",
+            "Chunks this node's primaries still have to copy in their current recovery passes",
+            remaining_objects,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        encode_gauge(encoder, name, help, value)?;
+    }
+    let counters: [(&str, &str, u64); 2] = [
+        (
+            "recovery_bytes",
+            "Bytes copied by this node's peering and recovery",
+            replication.recovered_bytes,
+        ),
+        (
+            "recovery_objects",
+            "Chunks copied or deleted by this node's peering and recovery",
+            replication.recovered_chunks,
+        ),
+    ];
+    for (name, help, value) in counters {
+        encode_counter(encoder, name, help, value)?;
+    }
+    encode_scrub(encoder, snapshot)?;
     let metric = encoder.encode_descriptor(
         "replica_write_latency_seconds",
         "Latency of a write, trim or zero copy sent to one replica, until its answer",

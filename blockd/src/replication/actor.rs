@@ -853,42 +853,15 @@ impl Actor {
         job: RepairJob,
         reply: Option<oneshot::Sender<Reply>>,
     ) {
-        let engine = &mut self.task.engine;
-        let own = engine.epoch();
-        let refused = match from {
-            Some(node) => match engine.handle_recovery_request(node, epoch, false) {
-                RecoveryVerdict::Allow => None,
-                RecoveryVerdict::Refuse(status) => Some(status),
-                RecoveryVerdict::Behind(_) => Some(Status::Timeout),
-            },
-            None if epoch != own => Some(Status::StaleEpoch),
-            None => {
-                let primary = engine.map().primary() == Some(self.task.node);
-                let serving = matches!(
-                    engine.state(),
-                    PgState::Active | PgState::Degraded | PgState::Recovering
-                );
-                (!primary || !serving).then_some(Status::NotPrimary)
-            }
-        };
-        let quiet = engine.durable_through() == engine.head().version;
-        let refused = refused.or((!quiet).then_some(Status::Busy));
-        let store = Arc::clone(&self.task.store);
-        let refused = match refused {
-            Some(status) => Some(status),
-            None => match store.chunk_version(job.chunk).await {
-                Ok(Some(label)) if label == job.label => None,
-                Ok(_) => Some(Status::Busy),
-                Err(error) => Some(store_status(&error)),
-            },
-        };
-        if let Some(status) = refused {
+        let own = self.task.engine.epoch();
+        if let Some(status) = self.repair_refusal(from, epoch, &job).await {
             tracing::debug!(pg = %self.task.key, chunk = %job.chunk, ?status, "repair not applied");
             if let Some(reply) = reply {
                 let _ = reply.send(error_reply(status, own));
             }
             return;
         }
+        let store = Arc::clone(&self.task.store);
         let mut queued = Vec::with_capacity(job.fixes.len());
         let mut failed = None;
         for fix in job.fixes {
@@ -944,6 +917,42 @@ impl Actor {
             }
             Event::Nothing
         }));
+    }
+
+    /// Why `job` may not be applied now (`None`: it may).
+    async fn repair_refusal(
+        &mut self,
+        from: Option<NodeId>,
+        epoch: Epoch,
+        job: &RepairJob,
+    ) -> Option<Status> {
+        let engine = &mut self.task.engine;
+        let own = engine.epoch();
+        let refused = match from {
+            Some(node) => match engine.handle_recovery_request(node, epoch, false) {
+                RecoveryVerdict::Allow => None,
+                RecoveryVerdict::Refuse(status) => Some(status),
+                RecoveryVerdict::Behind(_) => Some(Status::Timeout),
+            },
+            None if epoch != own => Some(Status::StaleEpoch),
+            None => {
+                let primary = engine.map().primary() == Some(self.task.node);
+                let serving = matches!(
+                    engine.state(),
+                    PgState::Active | PgState::Degraded | PgState::Recovering
+                );
+                (!primary || !serving).then_some(Status::NotPrimary)
+            }
+        };
+        let quiet = engine.durable_through() == engine.head().version;
+        if let Some(status) = refused.or((!quiet).then_some(Status::Busy)) {
+            return Some(status);
+        }
+        match self.task.store.chunk_version(job.chunk).await {
+            Ok(Some(label)) if label == job.label => None,
+            Ok(_) => Some(Status::Busy),
+            Err(error) => Some(store_status(&error)),
+        }
     }
 
     /// Starts a REPLICATE_* call and polls it once, so it is queued on the connection before

@@ -510,9 +510,26 @@ impl ScrubPg {
             return Ok(());
         }
         tracing::warn!(pg = %self.ctx.key, %chunk, errors = verdict.errors, local = verdict.local.len(), unrepairable = verdict.unrepairable.len(), "scrub found bad block copies");
+        let local_failed = self
+            .fix_local(chunk, own.label, &verdict.local, &heard, figures)
+            .await;
+        self.fix_members(chunk, own.label, &verdict.remote, &local_failed, figures)
+            .await
+    }
+
+    /// Rewrites our bad blocks `local` of `chunk` from the members named, whose digests are
+    /// `heard`; returns the blocks left bad.
+    async fn fix_local(
+        &self,
+        chunk: ChunkKey,
+        label: ChunkVersion,
+        local: &[(u32, NodeId)],
+        heard: &[(NodeId, ChunkDigest)],
+        figures: &mut PassFigures,
+    ) -> Vec<u32> {
         // Our own bad blocks first, from the members that hold them good.
         let mut local_failed = Vec::new();
-        for (block, node) in &verdict.local {
+        for (block, node) in local {
             let expected = heard
                 .iter()
                 .find(|(n, _)| n == node)
@@ -528,7 +545,7 @@ impl ScrubPg {
                 }
                 let job = RepairJob {
                     chunk,
-                    label: own.label,
+                    label,
                     fixes: vec![BlockFix {
                         block: *block,
                         data,
@@ -548,8 +565,22 @@ impl ScrubPg {
                 }
             }
         }
+        local_failed
+    }
+
+    /// Rewrites the members' bad blocks `remote` of `chunk` with our copy (skipping the blocks
+    /// in `local_failed`, whose good content we do not have).
+    async fn fix_members(
+        &self,
+        chunk: ChunkKey,
+        label: ChunkVersion,
+        remote: &[(NodeId, Vec<u32>)],
+        local_failed: &[u32],
+        figures: &mut PassFigures,
+    ) -> Result<(), RecoveryError> {
+        let store = &self.ctx.store;
         // Then the members' bad blocks, with our (now good) copy.
-        for (node, blocks) in &verdict.remote {
+        for (node, blocks) in remote {
             let mut fixes = Vec::new();
             let mut left = 0u64;
             for block in blocks {
@@ -578,7 +609,7 @@ impl ScrubPg {
                 let n = batch.len() as u64;
                 match self
                     .ctx
-                    .member_repair(*node, self.epoch, chunk, own.label, batch.to_vec())
+                    .member_repair(*node, self.epoch, chunk, label, batch.to_vec())
                     .await
                 {
                     Ok(()) => figures.repairs += n,
@@ -594,6 +625,47 @@ impl ScrubPg {
 }
 
 impl RecoveryCtx {
+    /// `node`'s copy of blocks `[first, first + count)` of `chunk` with its digest, checked
+    /// against each other (so the bytes are the content at the digest's label).
+    async fn fetch_checked(
+        &self,
+        node: NodeId,
+        epoch: Epoch,
+        chunk: ChunkKey,
+        first: u32,
+        count: u32,
+    ) -> Result<(ChunkDigest, Vec<u8>), RecoveryError> {
+        let base = first * BLOCK_SIZE_BYTES;
+        let end = first + count;
+        let digest = self.member_digest(node, epoch, chunk, first, count).await?;
+        let mut buf = vec![0u8; (count * BLOCK_SIZE_BYTES) as usize];
+        let mut at = base;
+        while at < end * BLOCK_SIZE_BYTES {
+            let len = RECOVERY_PIECE_BYTES_MAX.min(end * BLOCK_SIZE_BYTES - at);
+            for (offset, data) in self
+                .read_window(End::Remote(node), epoch, chunk, at, len)
+                .await?
+            {
+                let from = (offset - base) as usize;
+                if let Some(slot) = buf.get_mut(from..from + data.len()) {
+                    slot.copy_from_slice(&data);
+                }
+            }
+            at += len;
+        }
+        let consistent = buf
+            .chunks(BLOCK_SIZE_BYTES as usize)
+            .zip(&digest.blocks)
+            .all(|(bytes, d)| d.content() == Some(crc32c::crc32c(bytes)));
+        if !consistent {
+            return Err(RecoveryError::Protocol {
+                node,
+                what: "read does not match the digest",
+            });
+        }
+        Ok((digest, buf))
+    }
+
     /// Serves a read whose local copy failed its checksum from the first in-sync member of
     /// `members` whose copy is good: the range's blocks with their digest (label and crcs),
     /// checked against each other. Returns the requested bytes, and the rewrite of our corrupt
@@ -610,38 +682,7 @@ impl RecoveryCtx {
         let count = end - first;
         let base = first * BLOCK_SIZE_BYTES;
         for node in members {
-            let fetched = async {
-                let digest = self
-                    .member_digest(*node, epoch, chunk, first, count)
-                    .await?;
-                let mut buf = vec![0u8; (count * BLOCK_SIZE_BYTES) as usize];
-                let mut at = base;
-                while at < end * BLOCK_SIZE_BYTES {
-                    let len = RECOVERY_PIECE_BYTES_MAX.min(end * BLOCK_SIZE_BYTES - at);
-                    for (offset, data) in self
-                        .read_window(End::Remote(*node), epoch, chunk, at, len)
-                        .await?
-                    {
-                        let from = (offset - base) as usize;
-                        if let Some(slot) = buf.get_mut(from..from + data.len()) {
-                            slot.copy_from_slice(&data);
-                        }
-                    }
-                    at += len;
-                }
-                let consistent = buf
-                    .chunks(BLOCK_SIZE_BYTES as usize)
-                    .zip(&digest.blocks)
-                    .all(|(bytes, d)| d.content() == Some(crc32c::crc32c(bytes)));
-                if !consistent {
-                    return Err(RecoveryError::Protocol {
-                        node: *node,
-                        what: "read does not match the digest",
-                    });
-                }
-                Ok((digest, buf))
-            }
-            .await;
+            let fetched = self.fetch_checked(*node, epoch, chunk, first, count).await;
             let (digest, buf) = match fetched {
                 Ok(fetched) => fetched,
                 Err(error) => {

@@ -189,6 +189,9 @@ fn volume_route(view: &ClusterView, volume: VolumeId) -> Option<VolumeRoute> {
     Some(VolumeRoute { pool, pg_count })
 }
 
+/// One PG of a scrub pass: the PG, its store here, its other acting members, its chunks.
+type ScrubPlan = (PgKey, Arc<Store>, Vec<NodeId>, Vec<ChunkKey>);
+
 /// A PG task's inbox.
 #[derive(Clone)]
 struct PgHandle {
@@ -772,46 +775,9 @@ impl Inner {
 
     /// One pass over every chunk of every PG this node leads.
     async fn scrub_pass(&self, throttle: &Arc<Throttle>) {
-        let me = self.config.node;
         let stats = self.config.stats.scrub();
         let view = Arc::clone(&self.view.borrow());
-        let mut listed: HashMap<DriveId, Vec<crate::store::ChunkInfo>> = HashMap::new();
-        let mut plan = Vec::new();
-        for (pool, pg) in view.map.pgs_of_node(me).collect::<Vec<_>>() {
-            let key = PgKey { pool, pg };
-            let Some(placement) = view.map.pool(pool).and_then(|p| p.pg(pg)) else {
-                continue;
-            };
-            let Some(primary) = placement.acting().first().copied() else {
-                continue;
-            };
-            let Some(store) = self.stores.get(&primary.drive) else {
-                continue;
-            };
-            if primary.node != me {
-                continue;
-            }
-            if !listed.contains_key(&primary.drive) {
-                match store.list_chunks().await {
-                    Ok(chunks) => {
-                        listed.insert(primary.drive, chunks);
-                    }
-                    Err(error) => {
-                        tracing::warn!(drive = %primary.drive, %error, "scrub cannot list the drive's chunks");
-                        continue;
-                    }
-                }
-            }
-            let chunks = listed.get(&primary.drive).map_or(&[][..], Vec::as_slice);
-            let labels: Vec<ChunkKey> = pg_labels(&view, key, chunks).into_keys().collect();
-            let members: Vec<NodeId> = placement
-                .acting()
-                .iter()
-                .map(|m| m.node)
-                .filter(|node| *node != me)
-                .collect();
-            plan.push((key, Arc::clone(store), members, labels));
-        }
+        let plan = self.scrub_plan(&view).await;
         let total: usize = plan.iter().map(|(_, _, _, chunks)| chunks.len()).sum();
         tracing::info!(pgs = plan.len(), chunks = total, "scrub pass starting");
         stats.pass_started(total as u64);
@@ -843,6 +809,49 @@ impl Inner {
         stats.pass_finished();
         let figures = stats.snapshot().current;
         tracing::info!(?figures, "scrub pass done");
+    }
+
+    /// The PGs this node leads in `view`: each with its store, other members and chunks.
+    async fn scrub_plan(&self, view: &ClusterView) -> Vec<ScrubPlan> {
+        let me = self.config.node;
+        let mut listed: HashMap<DriveId, Vec<crate::store::ChunkInfo>> = HashMap::new();
+        let mut plan = Vec::new();
+        for (pool, pg) in view.map.pgs_of_node(me).collect::<Vec<_>>() {
+            let key = PgKey { pool, pg };
+            let Some(placement) = view.map.pool(pool).and_then(|p| p.pg(pg)) else {
+                continue;
+            };
+            let Some(primary) = placement.acting().first().copied() else {
+                continue;
+            };
+            let Some(store) = self.stores.get(&primary.drive) else {
+                continue;
+            };
+            if primary.node != me {
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(entry) = listed.entry(primary.drive) {
+                match store.list_chunks().await {
+                    Ok(chunks) => {
+                        entry.insert(chunks);
+                    }
+                    Err(error) => {
+                        tracing::warn!(drive = %primary.drive, %error, "scrub cannot list the drive's chunks");
+                        continue;
+                    }
+                }
+            }
+            let chunks = listed.get(&primary.drive).map_or(&[][..], Vec::as_slice);
+            let labels: Vec<ChunkKey> = pg_labels(view, key, chunks).into_keys().collect();
+            let members: Vec<NodeId> = placement
+                .acting()
+                .iter()
+                .map(|m| m.node)
+                .filter(|node| *node != me)
+                .collect();
+            plan.push((key, Arc::clone(store), members, labels));
+        }
+        plan
     }
 
     /// A view at `wanted` or newer, waiting at most `view_wait` (the current one otherwise).
@@ -887,56 +896,8 @@ impl Inner {
                     .recovery_read(&view, key, epoch, chunk, offset, len)
                     .await;
             }
-            RecoveryRequest::Digest {
-                chunk,
-                first_block,
-                blocks,
-                ..
-            } => {
-                let store = match self.member_store(&view, key, epoch) {
-                    Ok(store) => store,
-                    Err(reply) => return reply,
-                };
-                if !scrub::digest_range_ok(first_block, blocks, store.chunk_size_bytes())
-                    || !Self::chunk_in_pg(&view, key, chunk)
-                {
-                    return RecoveryReply::refused(Status::Invalid, ours);
-                }
-                return scrub::serve_digest(store, chunk, first_block, blocks, ours).await;
-            }
-            RecoveryRequest::Repair {
-                chunk,
-                label,
-                fixes,
-                ..
-            } => {
-                let chunk_size = self
-                    .stores
-                    .values()
-                    .next()
-                    .map_or(0, |s| s.chunk_size_bytes());
-                if !Self::chunk_in_pg(&view, key, chunk) || !scrub::repair_ok(&fixes, chunk_size) {
-                    return RecoveryReply::refused(Status::Invalid, ours);
-                }
-                let Some(handle) = self.ensure_pg(key, &view) else {
-                    return RecoveryReply::refused(Status::NotPrimary, ours);
-                };
-                let job = RepairJob {
-                    chunk,
-                    label,
-                    fixes,
-                };
-                let request = Request::Repair {
-                    from: Some(peer),
-                    epoch,
-                    job,
-                };
-                let reply = self.ask(&handle, request).await;
-                return if reply.status == Status::Ok {
-                    RecoveryReply::Done
-                } else {
-                    RecoveryReply::refused(reply.status, reply.epoch)
-                };
+            request @ (RecoveryRequest::Digest { .. } | RecoveryRequest::Repair { .. }) => {
+                return self.scrub_request(&view, key, peer, request).await;
             }
             RecoveryRequest::Labels { .. } => RecoveryOp::Labels,
             RecoveryRequest::Push { chunk, step, .. } => {
@@ -977,6 +938,73 @@ impl Inner {
         } else {
             postcard::from_bytes(&reply.payload)
                 .unwrap_or_else(|_| RecoveryReply::refused(Status::IoError, reply.epoch))
+        }
+    }
+
+    /// Answers a scrub's `Digest` or `Repair` from `peer` (checked against `view`, which is
+    /// at least the request's epoch).
+    async fn scrub_request(
+        &self,
+        view: &ClusterView,
+        key: PgKey,
+        peer: NodeId,
+        request: RecoveryRequest,
+    ) -> RecoveryReply {
+        let ours = view.epoch();
+        let epoch = request.epoch();
+        match request {
+            RecoveryRequest::Digest {
+                chunk,
+                first_block,
+                blocks,
+                ..
+            } => {
+                let store = match self.member_store(view, key, epoch) {
+                    Ok(store) => store,
+                    Err(reply) => return reply,
+                };
+                if !scrub::digest_range_ok(first_block, blocks, store.chunk_size_bytes())
+                    || !Self::chunk_in_pg(view, key, chunk)
+                {
+                    return RecoveryReply::refused(Status::Invalid, ours);
+                }
+                scrub::serve_digest(store, chunk, first_block, blocks, ours).await
+            }
+            RecoveryRequest::Repair {
+                chunk,
+                label,
+                fixes,
+                ..
+            } => {
+                let chunk_size = self
+                    .stores
+                    .values()
+                    .next()
+                    .map_or(0, |s| s.chunk_size_bytes());
+                if !Self::chunk_in_pg(view, key, chunk) || !scrub::repair_ok(&fixes, chunk_size) {
+                    return RecoveryReply::refused(Status::Invalid, ours);
+                }
+                let Some(handle) = self.ensure_pg(key, view) else {
+                    return RecoveryReply::refused(Status::NotPrimary, ours);
+                };
+                let job = RepairJob {
+                    chunk,
+                    label,
+                    fixes,
+                };
+                let request = Request::Repair {
+                    from: Some(peer),
+                    epoch,
+                    job,
+                };
+                let reply = self.ask(&handle, request).await;
+                if reply.status == Status::Ok {
+                    RecoveryReply::Done
+                } else {
+                    RecoveryReply::refused(reply.status, reply.epoch)
+                }
+            }
+            _ => RecoveryReply::refused(Status::Invalid, ours),
         }
     }
 
