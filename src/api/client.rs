@@ -14,8 +14,8 @@ use thiserror::Error;
 
 use super::{
     ClusterInitRequest, ClusterStatus, ExportView, IDEMPOTENCY_KEY_HEADER, NodeList, NodeView,
-    PROBLEM_CONTENT_TYPE, PgList, Problem, VolumeCreateRequest, VolumeList, VolumeResizeRequest,
-    VolumeView,
+    PROBLEM_CONTENT_TYPE, PgList, Problem, ScrubStartResponse, ScrubStatus, VolumeCreateRequest,
+    VolumeList, VolumeResizeRequest, VolumeView,
 };
 
 /// The API address the CLI uses when none is given.
@@ -155,6 +155,18 @@ impl Client {
     pub async fn node_up(&self, id: u64) -> Result<NodeView, ClientError> {
         let id = id.to_string();
         self.call(Method::POST, &["v1", "nodes", &id, "up"], None::<&()>, None)
+            .await
+    }
+
+    /// `GET /v1/scrub`: the answering node's scrub.
+    pub async fn scrub_status(&self) -> Result<ScrubStatus, ClientError> {
+        self.call(Method::GET, &["v1", "scrub"], None::<&()>, None)
+            .await
+    }
+
+    /// `POST /v1/scrub`: start a scrub pass on the answering node now.
+    pub async fn scrub_start(&self) -> Result<ScrubStartResponse, ClientError> {
+        self.call(Method::POST, &["v1", "scrub"], None::<&()>, None)
             .await
     }
 

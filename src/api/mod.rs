@@ -13,6 +13,7 @@
 pub mod client;
 mod cluster;
 mod problem;
+mod scrub;
 #[cfg(test)]
 mod tests;
 mod volumes;
@@ -22,6 +23,7 @@ pub use cluster::{
     NodeStatus, NodeView, PgCounts, PgList, PgMemberView, PgStatus, PgView, RaftRole, RaftView,
 };
 pub use problem::{PROBLEM_CONTENT_TYPE, Problem, ProblemType};
+pub use scrub::{ScrubFigures, ScrubPassView, ScrubStartResponse, ScrubStatus};
 pub use volumes::{
     ExportView, NbdEndpointView, VolumeCreateRequest, VolumeList, VolumeResizeRequest,
     VolumeStatus, VolumeView,

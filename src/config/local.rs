@@ -58,6 +58,7 @@ impl NodeConfig {
                 tokens: Vec::new(),
             },
             metrics: MetricsConfig::default(),
+            scrub: super::ScrubConfig::default(),
         };
         debug_assert!(config.meta.bootstrap != (n != 1));
         config

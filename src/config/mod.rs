@@ -89,6 +89,47 @@ pub struct NodeConfig {
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Background checksum scrub of the PGs this node leads.
+    #[serde(default)]
+    pub scrub: ScrubConfig,
+}
+
+/// Default scrub read rate of a node: a small share of a drive, so client I/O keeps the rest.
+pub const SCRUB_BYTES_PER_SEC_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Default time between the starts of two full scrub passes of a node.
+pub const SCRUB_INTERVAL_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `[scrub]`: the background pass that reads every block of the PGs this node leads, checks
+/// it against its checksum and the other members' copies, and repairs what differs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrubConfig {
+    /// Run passes every `interval` (a pass can always be started through the API).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Bytes per second a pass reads locally (0: unlimited).
+    #[serde(default = "default_scrub_rate")]
+    pub bytes_per_sec: Size,
+    /// Time between the starts of two passes; the first runs one interval after start.
+    #[serde(default = "default_scrub_interval", with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for ScrubConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bytes_per_sec: default_scrub_rate(),
+            interval: default_scrub_interval(),
+        }
+    }
+}
+
+fn default_scrub_rate() -> Size {
+    Size(SCRUB_BYTES_PER_SEC_DEFAULT)
+}
+fn default_scrub_interval() -> Duration {
+    SCRUB_INTERVAL_DEFAULT
 }
 
 /// `[metrics]`: whether the node counts and serves Prometheus metrics.

@@ -303,3 +303,22 @@ fn cluster_id_parses_as_a_uuid() {
     let message = error_of(parse(&format!("cluster_id = \"nope\"\n{}", minimal())));
     assert!(message.contains("cluster_id"), "{message}");
 }
+
+#[test]
+fn scrub_section_has_defaults_and_takes_units() {
+    let config = parse(&minimal()).unwrap();
+    assert_eq!(config.scrub, ScrubConfig::default());
+    assert!(config.scrub.enabled);
+    assert_eq!(
+        config.scrub.bytes_per_sec,
+        Size(SCRUB_BYTES_PER_SEC_DEFAULT)
+    );
+    assert_eq!(config.scrub.interval, SCRUB_INTERVAL_DEFAULT);
+    let config =
+        with("[scrub]\nenabled = false\nbytes_per_sec = \"8MiB\"\ninterval = \"1day\"\n").unwrap();
+    assert!(!config.scrub.enabled);
+    assert_eq!(config.scrub.bytes_per_sec, Size(8 << 20));
+    assert_eq!(config.scrub.interval, Duration::from_secs(86_400));
+    let error = with("[scrub]\ninterval = \"0s\"\n").unwrap_err();
+    assert!(error.to_string().contains("scrub.interval"), "{error}");
+}

@@ -58,6 +58,7 @@ pub fn validate(config: &NodeConfig) -> Result<(), ConfigError> {
     validate_listen(config)?;
     validate_drives(config)?;
     validate_meta(config)?;
+    validate_scrub(config)?;
     validate_cluster(config)?;
     validate_security(config)
 }
@@ -122,6 +123,13 @@ fn validate_drives(config: &NodeConfig) -> Result<(), ConfigError> {
                 "must be > 0 and a multiple of 4 KiB",
             ));
         }
+    }
+    Ok(())
+}
+
+fn validate_scrub(config: &NodeConfig) -> Result<(), ConfigError> {
+    if config.scrub.interval == Duration::ZERO {
+        return Err(invalid("scrub.interval", "must be > 0"));
     }
     Ok(())
 }

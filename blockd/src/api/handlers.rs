@@ -11,7 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use basalt::api::{
     ClusterInitRequest, ClusterStatus, ExportView, NbdEndpointView, NodeList, NodeView, PgList,
-    ProblemType, VolumeCreateRequest, VolumeList, VolumeResizeRequest, VolumeView,
+    ProblemType, ScrubStartResponse, ScrubStatus, VolumeCreateRequest, VolumeList,
+    VolumeResizeRequest, VolumeView,
 };
 use basalt::ids::NodeId;
 use basalt::meta::{
@@ -59,6 +60,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cluster_status))
         .routes(routes!(cluster_init))
         .routes(routes!(get_export))
+        .routes(routes!(scrub_status, scrub_start))
 }
 
 /// A command answered with an outcome of another kind: a bug in the glue or state machine.
@@ -269,6 +271,38 @@ async fn node_up(
         Outcome::Node { .. } => node_view(&app, node).map(Json),
         outcome => Err(unexpected(&outcome)),
     }
+}
+
+/// The answering node's scrub: whether a pass runs, what the passes and read repair found
+/// and fixed on the PGs this node leads.
+#[utoipa::path(get, path = "/v1/scrub", tag = "cluster", security(("bearer" = [])),
+    responses((status = 200, description = "This node's scrub", body = ScrubStatus),
+        LookupProblems))]
+async fn scrub_status(State(app): State<AppState>) -> Result<Json<ScrubStatus>, ApiError> {
+    app.cp.scrub_status().map(Json).ok_or_else(no_scrub)
+}
+
+/// Starts a scrub pass on the answering node now (over the PGs it leads); a pass already
+/// running is left alone (`started` false). Admin token.
+#[utoipa::path(post, path = "/v1/scrub", tag = "cluster", security(("bearer" = [])),
+    responses((status = 202, description = "Pass requested", body = ScrubStartResponse),
+        ActionProblems))]
+async fn scrub_start(
+    State(app): State<AppState>,
+) -> Result<(StatusCode, Json<ScrubStartResponse>), ApiError> {
+    let started = app.cp.scrub_start().ok_or_else(no_scrub)?;
+    let status = app.cp.scrub_status().ok_or_else(no_scrub)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ScrubStartResponse { started, status }),
+    ))
+}
+
+fn no_scrub() -> ApiError {
+    ApiError::new(
+        ProblemType::NotFound,
+        "this node runs no replication service (no drives), so no scrub",
+    )
 }
 
 /// Lists every placement group with its acting set.

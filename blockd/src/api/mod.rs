@@ -95,6 +95,17 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// its own write). `Ok` carries the state machine's answer, including its refusals.
     fn propose(&self, kind: CommandKind) -> BoxFuture<'_, Result<CommandResult, ProposeFailure>>;
 
+    /// The node's scrub (`GET /v1/scrub`); `None` on a node without a replication service.
+    fn scrub_status(&self) -> Option<basalt::api::ScrubStatus> {
+        None
+    }
+
+    /// Starts a scrub pass now (`POST /v1/scrub`): `Some(false)` if one is running, `None` on
+    /// a node without a replication service.
+    fn scrub_start(&self) -> Option<bool> {
+        None
+    }
+
     /// The node's wall clock in Unix ms (for ages such as `last_heartbeat_age_ms`).
     fn now_unix_ms(&self) -> u64 {
         std::time::SystemTime::now()

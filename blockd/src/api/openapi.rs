@@ -24,7 +24,7 @@ pub(crate) const BEARER: &str = "bearer";
     tags(
         (name = "volumes", description = "Volumes: create, list, resize, delete"),
         (name = "nodes", description = "Storage nodes and their state"),
-        (name = "cluster", description = "Cluster status, placement groups, bootstrap"),
+        (name = "cluster", description = "Cluster status, placement groups, bootstrap, scrub"),
         (name = "exports", description = "Where hosts connect to a volume"),
         (name = "meta", description = "Health and this document"),
     )

@@ -5,9 +5,9 @@
 //!
 //! A PG is `active` when every member of its up set is on an up node, `degraded` when at
 //! least the pool's `min_size` are, `inactive` below that (its I/O blocks); a PG this node
-//! leads counts as `peering` or `recovering` while its engine is. Backfill and scrub do not
-//! exist yet: their gauges and counters are reported at zero so dashboards and alerts work
-//! unchanged when they land, and the last completed scrub is the cluster's creation time.
+//! leads counts as `peering` or `recovering` while its engine is. Backfill does not exist yet:
+//! its figures are reported at zero. Scrub figures are this node's passes over the PGs it
+//! leads; before its first pass the last completed scrub is the cluster's creation time.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -142,6 +142,70 @@ fn encode_pg_states(
     )
 }
 
+/// Encodes this node's scrub and read repair figures.
+fn encode_scrub(
+    encoder: &mut DescriptorEncoder,
+    snapshot: &ClusterSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let scrub = &snapshot.replication.scrub;
+    let (done, total) = scrub.progress;
+    encode_gauge(
+        encoder,
+        "scrub_progress_ratio",
+        "Fraction of this node's current scrub pass done (0 between passes)",
+        if total == 0 {
+            0.0
+        } else {
+            done as f64 / total as f64
+        },
+    )?;
+    let counters: [(&str, &str, u64); 6] = [
+        (
+            "scrub_chunks",
+            "Chunks scrubbed by this node (every copy compared)",
+            scrub.total.chunks,
+        ),
+        (
+            "scrub_blocks",
+            "Allocated blocks read and verified by this node's scrubs",
+            scrub.total.blocks,
+        ),
+        (
+            "scrub_errors",
+            "Bad block copies (corrupt or differing) found by this node's scrubs",
+            scrub.total.errors,
+        ),
+        (
+            "scrub_repairs",
+            "Block copies rewritten by this node's scrubs",
+            scrub.total.repairs,
+        ),
+        (
+            "read_repairs",
+            "Blocks this node rewrote after a client read met them corrupt",
+            scrub.read_repairs,
+        ),
+        (
+            "read_repaired_reads",
+            "Client reads this node answered from another member (local copy corrupt)",
+            scrub.reads_repaired,
+        ),
+    ];
+    for (name, help, value) in counters {
+        encode_counter(encoder, name, help, value)?;
+    }
+    let created_ms = snapshot.state.cluster().map_or(0, |c| c.created_unix_ms);
+    let last_ms = scrub.last.map_or(created_ms, |(at, _)| at.max(created_ms));
+    encode_gauge(
+        encoder,
+        "scrub_last_completed_timestamp_seconds",
+        "When this node last completed a scrub pass of the PGs it leads (Unix time; the \
+         cluster's creation before the first pass)",
+        last_ms as f64 / 1000.0,
+    )?;
+    Ok(())
+}
+
 /// Encodes the replication families of `snapshot`.
 pub fn encode(
     encoder: &mut DescriptorEncoder,
@@ -151,7 +215,7 @@ pub fn encode(
     encode_pg_states(encoder, snapshot)?;
     let replication = &snapshot.replication;
     let remaining_objects = replication.remaining_chunks;
-    let gauges: [(&str, &str, u64); 3] = [
+    let gauges: [(&str, &str, u64); 2] = [
         (
             "recovery_remaining_bytes",
             "Bytes this node's primaries still have to copy in their current recovery passes \
@@ -163,16 +227,11 @@ pub fn encode(
             "Chunks this node's primaries still have to copy in their current recovery passes",
             remaining_objects,
         ),
-        (
-            "scrub_progress_ratio",
-            "Fraction of this node's current scrub pass done (scrub is not implemented yet: 0)",
-            0,
-        ),
     ];
     for (name, help, value) in gauges {
         encode_gauge(encoder, name, help, value)?;
     }
-    let counters: [(&str, &str, u64); 4] = [
+    let counters: [(&str, &str, u64); 2] = [
         (
             "recovery_bytes",
             "Bytes copied by this node's peering and recovery",
@@ -183,20 +242,11 @@ pub fn encode(
             "Chunks copied or deleted by this node's peering and recovery",
             replication.recovered_chunks,
         ),
-        ("scrub_chunks", "Chunks scrubbed by this node", 0),
-        ("scrub_repairs", "Chunks repaired by this node's scrubs", 0),
     ];
     for (name, help, value) in counters {
         encode_counter(encoder, name, help, value)?;
     }
-    let created_ms = snapshot.state.cluster().map_or(0, |c| c.created_unix_ms);
-    encode_gauge(
-        encoder,
-        "scrub_last_completed_timestamp_seconds",
-        "Oldest last completed scrub of this node's PGs (Unix time; the cluster's creation \
-         for a PG never scrubbed)",
-        created_ms as f64 / 1000.0,
-    )?;
+    encode_scrub(encoder, snapshot)?;
     let metric = encoder.encode_descriptor(
         "replica_write_latency_seconds",
         "Latency of a write, trim or zero copy sent to one replica, until its answer",

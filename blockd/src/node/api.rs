@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use basalt::api::{RaftRole, RaftView};
+use basalt::api::{RaftRole, RaftView, ScrubFigures, ScrubPassView, ScrubStatus};
 use basalt::ids::NodeId;
 use basalt::meta::{CommandKind, CommandResult, MetaState};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,7 @@ use crate::meta::Role;
 use crate::metrics::cluster::{ClusterCollector, ClusterSnapshot, ClusterSource};
 use crate::metrics::{Exporter, Metrics};
 use crate::peer::BoxFuture;
+use crate::replication::{PassFigures, ScrubSnapshot};
 
 /// The API's handle on the node.
 pub struct NodeControlPlane(pub Arc<NodeShared>);
@@ -59,6 +60,51 @@ impl ControlPlane for NodeControlPlane {
 
     fn propose(&self, kind: CommandKind) -> BoxFuture<'_, Result<CommandResult, ProposeFailure>> {
         Box::pin(self.0.propose(kind))
+    }
+
+    fn scrub_status(&self) -> Option<ScrubStatus> {
+        if self.0.stores.is_empty() {
+            return None;
+        }
+        Some(scrub_view(
+            self.0.node_id,
+            &self.0.replication_stats.scrub().snapshot(),
+        ))
+    }
+
+    fn scrub_start(&self) -> Option<bool> {
+        if self.0.stores.is_empty() {
+            return None;
+        }
+        Some(self.0.replication_stats.scrub().request_pass())
+    }
+}
+
+/// The API's view of a node's scrub figures.
+fn scrub_view(node: NodeId, snapshot: &ScrubSnapshot) -> ScrubStatus {
+    let figures = |f: &PassFigures| ScrubFigures {
+        chunks: f.chunks,
+        blocks: f.blocks,
+        errors: f.errors,
+        repairs: f.repairs,
+        unrepaired: f.unrepaired,
+        skipped_chunks: f.skipped_chunks,
+    };
+    ScrubStatus {
+        node: node.0,
+        running: snapshot.running,
+        passes: snapshot.passes,
+        chunks_done: snapshot.progress.0,
+        chunks_total: snapshot.progress.1,
+        current: figures(&snapshot.current),
+        total: figures(&snapshot.total),
+        last_pass: snapshot.last.map(|(at, last)| ScrubPassView {
+            finished: basalt::api::unix_ms_to_rfc3339(at),
+            finished_unix_ms: at,
+            figures: figures(&last),
+        }),
+        read_repairs: snapshot.read_repairs,
+        reads_repaired: snapshot.reads_repaired,
     }
 }
 

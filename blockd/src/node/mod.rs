@@ -227,6 +227,11 @@ async fn start_replication(
     config.leases = Some(shared.lease.subscribe());
     config.stats = Arc::clone(&shared.replication_stats);
     config.limits.lease_wait = lease_duration(&shared.config);
+    config.scrub = crate::replication::ScrubSettings {
+        enabled: shared.config.scrub.enabled,
+        bytes_per_sec: shared.config.scrub.bytes_per_sec.bytes(),
+        interval: shared.config.scrub.interval,
+    };
     ReplicationService::start(
         config,
         shared.stores.clone(),

@@ -17,6 +17,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use basalt::ids::{ChunkKey, ChunkVersion, DriveId, Epoch, NodeId};
+use basalt::units::BLOCK_SIZE_BYTES;
 use basalt::wire::{Bytes, Frame, Header, RequestId, Status};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::pg::{Lease, PgEngine, RecoveryVerdict};
 use super::recovery::{RecoveryCtx, Throttle, pg_labels};
 use super::recovery_msg::{PushStep, RecoveryReply};
+use super::scrub::RepairJob;
 use super::service::{MetaReport, PgKey, map_view};
 use super::stats::ReplicationStats;
 use super::types::{
@@ -65,6 +67,14 @@ pub(crate) enum Request {
         from: NodeId,
         epoch: Epoch,
         op: RecoveryOp,
+    },
+    /// Rewrite blocks of a chunk, keeping its label, if it is still at the job's label and
+    /// nothing is in flight: from this node's scrub (`from` `None`, this node must be the
+    /// primary) or the primary's (`Some`, this node must be its replica).
+    Repair {
+        from: Option<NodeId>,
+        epoch: Epoch,
+        job: RepairJob,
     },
 }
 
@@ -150,6 +160,8 @@ enum Event {
     },
     /// The bound on a final sync's pause passed.
     FinalSyncTimeout { member: NodeId, epoch: Epoch },
+    /// A read met corrupt blocks and was answered from a member: rewrite ours.
+    ReadRepair { epoch: Epoch, job: RepairJob },
 }
 
 /// Where a member's final sync stands in this task.
@@ -253,12 +265,18 @@ impl Actor {
                     Ok(()) => self.apply_lease(),
                     Err(_) => self.task.lease = None,
                 },
-                Some(event) = self.work.next(), if !self.work.is_empty() => self.handle_event(event),
+                Some(event) = self.work.next(), if !self.work.is_empty() => match event {
+                    Event::ReadRepair { epoch, job } => self.repair(None, epoch, job, None).await,
+                    event => self.handle_event(event),
+                },
                 () = &mut sleep, if armed.is_some() => {
                     armed = None;
                     self.expire(Instant::now());
                 }
                 input = inbox.recv() => match input {
+                    Some(Input { request: Request::Repair { from, epoch, job }, reply }) => {
+                        self.repair(from, epoch, job, Some(reply)).await;
+                    }
                     Some(input) => self.accept(input),
                     None => return,
                 },
@@ -375,6 +393,15 @@ impl Actor {
                 epoch,
                 op,
             },
+            Request::Repair { .. } => {
+                // Taken by the run loop before `accept`.
+                debug_assert!(false, "repair request reached accept");
+                self.answer(
+                    token,
+                    error_reply(Status::Invalid, self.task.engine.epoch()),
+                );
+                return;
+            }
         };
         self.submit(Instant::now(), parked);
     }
@@ -538,7 +565,10 @@ impl Actor {
                     self.restart_recovery(member, epoch);
                 }
             }
-            Event::LocalDone { .. } | Event::Replied { .. } | Event::Nothing => {}
+            Event::LocalDone { .. }
+            | Event::Replied { .. }
+            | Event::Nothing
+            | Event::ReadRepair { .. } => {}
         }
     }
 
@@ -774,7 +804,9 @@ impl Actor {
         }
     }
 
-    /// Reads from the store; the read answers its client itself.
+    /// Reads from the store; the read answers its client itself. A read that meets a corrupt
+    /// block is answered from an in-sync member, and our bad blocks are rewritten afterwards
+    /// (`Event::ReadRepair`).
     fn read_local(&mut self, token: Token, range: ChunkRange) {
         let Some(responder) = self.responders.remove(&token) else {
             debug_assert!(false, "read for an unknown token");
@@ -782,15 +814,149 @@ impl Actor {
         };
         let store = Arc::clone(&self.task.store);
         let epoch = self.task.engine.epoch();
+        let members: Vec<NodeId> = self
+            .task
+            .engine
+            .members()
+            .into_iter()
+            .filter(|(_, sync)| *sync == MemberSync::InSync)
+            .map(|(node, _)| node)
+            .collect();
+        let ctx = self.recovery_ctx();
         self.work.push(Box::pin(async move {
-            let reply = match store.read(range.chunk, range.offset, range.len).await {
-                Ok(data) => Reply::ok(epoch, data),
-                Err(error) => error_reply(store_status(&error), epoch),
+            let (reply, event) = match store.read(range.chunk, range.offset, range.len).await {
+                Ok(data) => (Reply::ok(epoch, data), Event::Nothing),
+                Err(error @ StoreError::Corrupt { .. }) => {
+                    tracing::warn!(pg = %ctx.key, chunk = %range.chunk, %error, "corrupt block in a read; reading from another member");
+                    match ctx.read_repair(epoch, range, &members).await {
+                        Some((data, job)) => (
+                            Reply::ok(epoch, data),
+                            job.map_or(Event::Nothing, |job| Event::ReadRepair { epoch, job }),
+                        ),
+                        None => (error_reply(store_status(&error), epoch), Event::Nothing),
+                    }
+                }
+                Err(error) => (error_reply(store_status(&error), epoch), Event::Nothing),
             };
             // The client may be gone; nothing to do then.
             let _ = responder.send(reply);
+            event
+        }));
+    }
+
+    /// Rewrites the blocks of `job` keeping the chunk's label, only if this node may (the
+    /// primary for its own scrub and read repair, the primary's replica for the primary's
+    /// scrub), the chunk is still at the job's label, and nothing is in flight for the PG
+    /// here: then no write newer than the good copy can be overwritten. The writes are queued
+    /// before anything else the engine submits; `reply` gets `Ok` once they are durable, or
+    /// why not (`Busy`: try later).
+    async fn repair(
+        &mut self,
+        from: Option<NodeId>,
+        epoch: Epoch,
+        job: RepairJob,
+        reply: Option<oneshot::Sender<Reply>>,
+    ) {
+        let own = self.task.engine.epoch();
+        if let Some(status) = self.repair_refusal(from, epoch, &job).await {
+            tracing::debug!(pg = %self.task.key, chunk = %job.chunk, ?status, "repair not applied");
+            if let Some(reply) = reply {
+                let _ = reply.send(error_reply(status, own));
+            }
+            return;
+        }
+        let store = Arc::clone(&self.task.store);
+        let mut queued = Vec::with_capacity(job.fixes.len());
+        let mut failed = None;
+        for fix in job.fixes {
+            let offset = fix.block * BLOCK_SIZE_BYTES;
+            let submitted = match fix.data {
+                Some(data) => {
+                    store
+                        .submit_write(job.chunk, offset, Bytes::from(data), job.label)
+                        .await
+                }
+                None => {
+                    store
+                        .submit_unmap(job.chunk, offset, BLOCK_SIZE_BYTES, job.label)
+                        .await
+                }
+            };
+            match submitted {
+                Ok(submitted) => queued.push(submitted),
+                Err(error) => {
+                    failed = Some(store_status(&error));
+                    break;
+                }
+            }
+        }
+        let (key, chunk) = (self.task.key, job.chunk);
+        let stats = Arc::clone(&self.task.stats);
+        let read_repair = reply.is_none();
+        self.work.push(Box::pin(async move {
+            let blocks = queued.len() as u64;
+            let mut status = failed;
+            for submitted in queued {
+                if let Err(error) = submitted.done().await {
+                    status = Some(store_status(&error));
+                }
+            }
+            match status {
+                None => {
+                    tracing::info!(pg = %key, %chunk, blocks, "repaired corrupt or differing blocks");
+                    if read_repair {
+                        stats.scrub.add_read_repair(blocks);
+                    }
+                }
+                Some(status) => {
+                    tracing::warn!(pg = %key, %chunk, ?status, "repair write failed");
+                }
+            }
+            if let Some(reply) = reply {
+                let answer = match status {
+                    None => Reply::ok(own, Bytes::new()),
+                    Some(status) => error_reply(status, own),
+                };
+                let _ = reply.send(answer);
+            }
             Event::Nothing
         }));
+    }
+
+    /// Why `job` may not be applied now (`None`: it may).
+    async fn repair_refusal(
+        &mut self,
+        from: Option<NodeId>,
+        epoch: Epoch,
+        job: &RepairJob,
+    ) -> Option<Status> {
+        let engine = &mut self.task.engine;
+        let own = engine.epoch();
+        let refused = match from {
+            Some(node) => match engine.handle_recovery_request(node, epoch, false) {
+                RecoveryVerdict::Allow => None,
+                RecoveryVerdict::Refuse(status) => Some(status),
+                RecoveryVerdict::Behind(_) => Some(Status::Timeout),
+            },
+            None if epoch != own => Some(Status::StaleEpoch),
+            None => {
+                let primary = engine.map().primary() == Some(self.task.node);
+                let serving = matches!(
+                    engine.state(),
+                    PgState::Active | PgState::Degraded | PgState::Recovering
+                );
+                (!primary || !serving).then_some(Status::NotPrimary)
+            }
+        };
+        let quiet = engine.durable_through() == engine.head().version;
+        if let Some(status) = refused.or((!quiet).then_some(Status::Busy)) {
+            return Some(status);
+        }
+        match self.task.store.chunk_version(job.chunk).await {
+            Ok(Some(label)) if label == job.label => None,
+            Ok(_) => Some(Status::Busy),
+            Err(error) => Some(store_status(&error)),
+        }
     }
 
     /// Starts a REPLICATE_* call and polls it once, so it is queued on the connection before

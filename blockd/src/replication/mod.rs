@@ -34,6 +34,7 @@ mod recovery;
 mod recovery_msg;
 mod recovery_plan;
 mod replica;
+mod scrub;
 mod service;
 mod stats;
 mod types;
@@ -54,6 +55,11 @@ pub use recovery_msg::{
     PgRef, PushStep, RECOVERY_PIECE_BYTES_MAX, RECOVERY_VERSION, RecoveryReply, RecoveryRequest,
 };
 pub use recovery_plan::{ChunkFix, Labels, PeeringPlan, diff, level_members, plan_peering};
+pub use scrub::{
+    BlockDigest, BlockFix, ChunkDigest, ChunkVerdict, PassFigures, REPAIR_BLOCKS_MAX,
+    SCRUB_BYTES_PER_SEC_DEFAULT, SCRUB_INTERVAL_DEFAULT, ScrubSettings, ScrubSnapshot, ScrubStats,
+    compare, zero_block_crc,
+};
 pub use service::{
     MetaReport, PG_INBOX_DEPTH_DEFAULT, PgKey, RECOVERY_BYTES_PER_SEC_DEFAULT, ReplicationConfig,
     ReplicationError, ReplicationService, VIEW_WAIT_DEFAULT,

@@ -72,6 +72,9 @@ pub(crate) enum RecoveryError {
     /// The local chunks changed under a final sync (cannot happen while writes are paused).
     #[error("chunks still differ after the final copy")]
     NotLevel,
+    /// The PG task did not apply a repair (the chunk moved on, or writes were in flight).
+    #[error("repair not applied: {0:?}")]
+    Repair(Status),
 }
 
 /// Paces recovery copies to a byte rate shared by every PG of the node, so client I/O keeps
@@ -92,7 +95,7 @@ impl Throttle {
     }
 
     /// Waits for the turn of `bytes` more bytes.
-    async fn acquire(&self, bytes: u64) {
+    pub(crate) async fn acquire(&self, bytes: u64) {
         if self.bytes_per_sec == 0 {
             return;
         }
@@ -125,7 +128,7 @@ pub(crate) struct RecoveryCtx {
 
 /// One side of a chunk copy.
 #[derive(Clone, Copy, Debug)]
-enum End {
+pub(crate) enum End {
     Local,
     Remote(NodeId),
 }
@@ -149,7 +152,7 @@ pub(crate) fn pg_labels(view: &ClusterView, key: PgKey, chunks: &[ChunkInfo]) ->
 }
 
 impl RecoveryCtx {
-    fn pg(&self) -> PgRef {
+    pub(crate) fn pg(&self) -> PgRef {
         PgRef {
             pool: self.key.pool,
             pg: self.key.pg,
@@ -161,7 +164,7 @@ impl RecoveryCtx {
         Ok(pg_labels(&self.view, self.key, &chunks))
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         node: NodeId,
         request: &RecoveryRequest,
@@ -208,7 +211,7 @@ impl RecoveryCtx {
     }
 
     /// The allocated extents of `[offset, offset + len)` of `chunk` on `end`.
-    async fn read_window(
+    pub(crate) async fn read_window(
         &self,
         end: End,
         epoch: Epoch,

@@ -16,6 +16,7 @@ use basalt::wire::Status;
 use serde::{Deserialize, Serialize};
 
 use super::block_status::AllocationRun;
+use super::scrub::{BlockFix, ChunkDigest};
 
 /// Schema version of [`RecoveryRequest`] and [`RecoveryReply`].
 pub const RECOVERY_VERSION: u16 = 1;
@@ -127,6 +128,35 @@ pub enum RecoveryRequest {
         /// Length (a non-zero multiple of 512, at most [`RECOVERY_PIECE_BYTES_MAX`]).
         len: u32,
     },
+    /// "What is your label of this chunk, and the crc32c of each of these blocks?" (scrub and
+    /// read repair). Served by any member at that epoch from its store.
+    Digest {
+        /// The PG.
+        pg: PgRef,
+        /// The sender's epoch.
+        epoch: Epoch,
+        /// The chunk.
+        chunk: ChunkKey,
+        /// First block.
+        first_block: u32,
+        /// Number of blocks (0: the label only).
+        blocks: u32,
+    },
+    /// Rewrite these blocks of a chunk, keeping its label, if the member's copy is still at
+    /// `label` and nothing is in flight for the PG there (else `Busy`). How a scrub repairs a
+    /// member's bad blocks without a full chunk copy.
+    Repair {
+        /// The PG.
+        pg: PgRef,
+        /// The sender's epoch.
+        epoch: Epoch,
+        /// The chunk.
+        chunk: ChunkKey,
+        /// The label the good content belongs to.
+        label: ChunkVersion,
+        /// The blocks (at most [`super::scrub::REPAIR_BLOCKS_MAX`]).
+        fixes: Vec<BlockFix>,
+    },
 }
 
 impl RecoveryRequest {
@@ -136,7 +166,9 @@ impl RecoveryRequest {
             RecoveryRequest::Labels { pg, .. }
             | RecoveryRequest::Push { pg, .. }
             | RecoveryRequest::SyncPoint { pg, .. }
-            | RecoveryRequest::Read { pg, .. } => *pg,
+            | RecoveryRequest::Read { pg, .. }
+            | RecoveryRequest::Digest { pg, .. }
+            | RecoveryRequest::Repair { pg, .. } => *pg,
         }
     }
 
@@ -146,7 +178,9 @@ impl RecoveryRequest {
             RecoveryRequest::Labels { epoch, .. }
             | RecoveryRequest::Push { epoch, .. }
             | RecoveryRequest::SyncPoint { epoch, .. }
-            | RecoveryRequest::Read { epoch, .. } => *epoch,
+            | RecoveryRequest::Read { epoch, .. }
+            | RecoveryRequest::Digest { epoch, .. }
+            | RecoveryRequest::Repair { epoch, .. } => *epoch,
         }
     }
 }
@@ -174,6 +208,8 @@ pub enum RecoveryReply {
         /// The responder's epoch.
         epoch: Epoch,
     },
+    /// A `Digest`: the member's label and block digests.
+    Digest(ChunkDigest),
 }
 
 impl RecoveryReply {

@@ -26,9 +26,11 @@ use super::block_status::{
 };
 use super::pg::PgEngine;
 use super::recovery::Throttle;
+use super::recovery::{RecoveryCtx, pg_labels};
 use super::recovery_msg::{
     RECOVERY_PIECE_BYTES_MAX, RECOVERY_VERSION, RecoveryReply, RecoveryRequest,
 };
+use super::scrub::{self, RepairJob, ScrubPg, ScrubSettings};
 use super::stats::ReplicationStats;
 use super::types::{
     ChunkRange, EngineError, Limits, MapView, Mutation, OpKind, PgConfig, store_status,
@@ -81,6 +83,8 @@ pub struct ReplicationConfig {
     pub leases: Option<watch::Receiver<Option<Instant>>>,
     /// Where the PG tasks report states and recovery progress (shared with metrics).
     pub stats: Arc<ReplicationStats>,
+    /// The background scrub of the PGs this node leads.
+    pub scrub: ScrubSettings,
 }
 
 /// Default recovery bandwidth of a node: well below a drive's and a 10 GbE link's, so client
@@ -98,6 +102,7 @@ impl ReplicationConfig {
             recovery_bytes_per_sec: RECOVERY_BYTES_PER_SEC_DEFAULT,
             leases: None,
             stats: Arc::default(),
+            scrub: ScrubSettings::default(),
         }
     }
 }
@@ -194,6 +199,9 @@ fn volume_route(view: &ClusterView, volume: VolumeId) -> Option<VolumeRoute> {
     let pg_count = view.map.pool(pool)?.spec().pg_count;
     Some(VolumeRoute { pool, pg_count })
 }
+
+/// One PG of a scrub pass: the PG, its store here, its other acting members, its chunks.
+type ScrubPlan = (PgKey, Arc<Store>, Vec<NodeId>, Vec<ChunkKey>);
 
 /// A PG task's inbox.
 #[derive(Clone)]
@@ -325,6 +333,8 @@ impl ReplicationService {
         inner.apply_view(&current);
         let task = Arc::clone(&inner);
         inner.tracker.spawn(async move { task.follow_view().await });
+        let task = Arc::clone(&inner);
+        inner.tracker.spawn(async move { task.scrub_loop().await });
         Ok(Arc::new(Self { inner }))
     }
 
@@ -754,6 +764,107 @@ impl Inner {
 }
 
 impl Inner {
+    /// Runs a scrub pass every `scrub.interval` (when enabled) and whenever one is requested,
+    /// until the service stops.
+    async fn scrub_loop(&self) {
+        let settings = self.config.scrub;
+        let throttle = Arc::new(Throttle::new(settings.bytes_per_sec));
+        let mut next = tokio::time::Instant::now() + settings.interval;
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = self.config.stats.scrub().requested() => {}
+                () = tokio::time::sleep_until(next), if settings.enabled => {}
+            }
+            next = tokio::time::Instant::now() + settings.interval;
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = self.scrub_pass(&throttle) => {}
+            }
+        }
+    }
+
+    /// One pass over every chunk of every PG this node leads.
+    async fn scrub_pass(&self, throttle: &Arc<Throttle>) {
+        let stats = self.config.stats.scrub();
+        let view = Arc::clone(&self.view.borrow());
+        let plan = self.scrub_plan(&view).await;
+        let total: usize = plan.iter().map(|(_, _, _, chunks)| chunks.len()).sum();
+        tracing::info!(pgs = plan.len(), chunks = total, "scrub pass starting");
+        stats.pass_started(total as u64);
+        for (key, store, members, chunks) in plan {
+            let Some(handle) = self.ensure_pg(key, &view) else {
+                continue;
+            };
+            let job = ScrubPg {
+                ctx: RecoveryCtx {
+                    key,
+                    chunk_size_bytes: store.chunk_size_bytes(),
+                    store,
+                    peers: Arc::clone(&self.peers),
+                    view: Arc::clone(&view),
+                    throttle: Arc::clone(throttle),
+                    stats: Arc::clone(&self.config.stats),
+                    call_timeout: self.config.limits.op_timeout,
+                    cancel: self.cancel.child_token(),
+                },
+                epoch: view.epoch(),
+                members,
+                inbox: handle.inbox.clone(),
+                throttle: Arc::clone(throttle),
+            };
+            for chunk in chunks {
+                stats.add(job.chunk(chunk).await);
+            }
+        }
+        stats.pass_finished();
+        let figures = stats.snapshot().current;
+        tracing::info!(?figures, "scrub pass done");
+    }
+
+    /// The PGs this node leads in `view`: each with its store, other members and chunks.
+    async fn scrub_plan(&self, view: &ClusterView) -> Vec<ScrubPlan> {
+        let me = self.config.node;
+        let mut listed: HashMap<DriveId, Vec<crate::store::ChunkInfo>> = HashMap::new();
+        let mut plan = Vec::new();
+        for (pool, pg) in view.map.pgs_of_node(me).collect::<Vec<_>>() {
+            let key = PgKey { pool, pg };
+            let Some(placement) = view.map.pool(pool).and_then(|p| p.pg(pg)) else {
+                continue;
+            };
+            let Some(primary) = placement.acting().first().copied() else {
+                continue;
+            };
+            let Some(store) = self.stores.get(&primary.drive) else {
+                continue;
+            };
+            if primary.node != me {
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(entry) = listed.entry(primary.drive) {
+                match store.list_chunks().await {
+                    Ok(chunks) => {
+                        entry.insert(chunks);
+                    }
+                    Err(error) => {
+                        tracing::warn!(drive = %primary.drive, %error, "scrub cannot list the drive's chunks");
+                        continue;
+                    }
+                }
+            }
+            let chunks = listed.get(&primary.drive).map_or(&[][..], Vec::as_slice);
+            let labels: Vec<ChunkKey> = pg_labels(view, key, chunks).into_keys().collect();
+            let members: Vec<NodeId> = placement
+                .acting()
+                .iter()
+                .map(|m| m.node)
+                .filter(|node| *node != me)
+                .collect();
+            plan.push((key, Arc::clone(store), members, labels));
+        }
+        plan
+    }
+
     /// A view at `wanted` or newer, waiting at most `view_wait` (the current one otherwise).
     async fn view_at(&self, wanted: Epoch) -> Arc<ClusterView> {
         let mut receiver = self.view.clone();
@@ -795,6 +906,9 @@ impl Inner {
                 return self
                     .recovery_read(&view, key, epoch, chunk, offset, len)
                     .await;
+            }
+            request @ (RecoveryRequest::Digest { .. } | RecoveryRequest::Repair { .. }) => {
+                return self.scrub_request(&view, key, peer, request).await;
             }
             RecoveryRequest::Labels { .. } => RecoveryOp::Labels,
             RecoveryRequest::Push { chunk, step, .. } => {
@@ -838,6 +952,96 @@ impl Inner {
         }
     }
 
+    /// Answers a scrub's `Digest` or `Repair` from `peer` (checked against `view`, which is
+    /// at least the request's epoch).
+    async fn scrub_request(
+        &self,
+        view: &ClusterView,
+        key: PgKey,
+        peer: NodeId,
+        request: RecoveryRequest,
+    ) -> RecoveryReply {
+        let ours = view.epoch();
+        let epoch = request.epoch();
+        match request {
+            RecoveryRequest::Digest {
+                chunk,
+                first_block,
+                blocks,
+                ..
+            } => {
+                let store = match self.member_store(view, key, epoch) {
+                    Ok(store) => store,
+                    Err(reply) => return reply,
+                };
+                if !scrub::digest_range_ok(first_block, blocks, store.chunk_size_bytes())
+                    || !Self::chunk_in_pg(view, key, chunk)
+                {
+                    return RecoveryReply::refused(Status::Invalid, ours);
+                }
+                scrub::serve_digest(store, chunk, first_block, blocks, ours).await
+            }
+            RecoveryRequest::Repair {
+                chunk,
+                label,
+                fixes,
+                ..
+            } => {
+                let chunk_size = self
+                    .stores
+                    .values()
+                    .next()
+                    .map_or(0, |s| s.chunk_size_bytes());
+                if !Self::chunk_in_pg(view, key, chunk) || !scrub::repair_ok(&fixes, chunk_size) {
+                    return RecoveryReply::refused(Status::Invalid, ours);
+                }
+                let Some(handle) = self.ensure_pg(key, view) else {
+                    return RecoveryReply::refused(Status::NotPrimary, ours);
+                };
+                let job = RepairJob {
+                    chunk,
+                    label,
+                    fixes,
+                };
+                let request = Request::Repair {
+                    from: Some(peer),
+                    epoch,
+                    job,
+                };
+                let reply = self.ask(&handle, request).await;
+                if reply.status == Status::Ok {
+                    RecoveryReply::Done
+                } else {
+                    RecoveryReply::refused(reply.status, reply.epoch)
+                }
+            }
+            _ => RecoveryReply::refused(Status::Invalid, ours),
+        }
+    }
+
+    /// This node's store for the PG `key` if the node is an acting member of it in `view`,
+    /// which must not be older than `epoch`; the refusal otherwise.
+    fn member_store(
+        &self,
+        view: &ClusterView,
+        key: PgKey,
+        epoch: Epoch,
+    ) -> Result<&Arc<Store>, RecoveryReply> {
+        let ours = view.epoch();
+        if epoch < ours {
+            return Err(RecoveryReply::refused(Status::StaleEpoch, ours));
+        }
+        let me = self.config.node;
+        let member = view
+            .map
+            .pool(key.pool)
+            .and_then(|pool| pool.pg(key.pg))
+            .and_then(|placement| placement.acting().iter().find(|m| m.node == me).copied());
+        member
+            .and_then(|member| self.stores.get(&member.drive))
+            .ok_or(RecoveryReply::refused(Status::NotPrimary, ours))
+    }
+
     /// A chunk range read for a peer's peering or recovery: served from this node's copy if
     /// it is a member of the PG in a view at least as new as the request's.
     async fn recovery_read(
@@ -850,17 +1054,9 @@ impl Inner {
         len: u32,
     ) -> RecoveryReply {
         let ours = view.epoch();
-        if epoch < ours {
-            return RecoveryReply::refused(Status::StaleEpoch, ours);
-        }
-        let me = self.config.node;
-        let member = view
-            .map
-            .pool(key.pool)
-            .and_then(|pool| pool.pg(key.pg))
-            .and_then(|placement| placement.acting().iter().find(|m| m.node == me).copied());
-        let Some(store) = member.and_then(|member| self.stores.get(&member.drive)) else {
-            return RecoveryReply::refused(Status::NotPrimary, ours);
+        let store = match self.member_store(view, key, epoch) {
+            Ok(store) => store,
+            Err(reply) => return reply,
         };
         let valid = len > 0
             && len <= RECOVERY_PIECE_BYTES_MAX

@@ -7,6 +7,7 @@ use std::sync::{Mutex, PoisonError};
 
 use basalt::ids::NodeId;
 
+use super::scrub::{ScrubSnapshot, ScrubStats};
 use super::service::PgKey;
 use super::types::PgState;
 
@@ -18,6 +19,8 @@ pub struct ReplicationStats {
     remaining: Mutex<HashMap<(PgKey, NodeId), u64>>,
     recovered_bytes: AtomicU64,
     recovered_chunks: AtomicU64,
+    /// The scrub's and read repair's figures, and the switch that starts a pass.
+    pub(crate) scrub: ScrubStats,
 }
 
 /// A copy of [`ReplicationStats`] at one moment.
@@ -31,6 +34,8 @@ pub struct ReplicationSnapshot {
     pub recovered_bytes: u64,
     /// Chunks copied or deleted by recovery and peering since start.
     pub recovered_chunks: u64,
+    /// Scrub and read repair figures.
+    pub scrub: ScrubSnapshot,
 }
 
 impl ReplicationStats {
@@ -68,6 +73,11 @@ impl ReplicationStats {
         self.recovered_chunks.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The node's scrub: figures, and [`ScrubStats::request_pass`] to start a pass now.
+    pub fn scrub(&self) -> &ScrubStats {
+        &self.scrub
+    }
+
     /// The current figures.
     pub fn snapshot(&self) -> ReplicationSnapshot {
         let mut states: Vec<(PgKey, PgState)> = self
@@ -89,6 +99,7 @@ impl ReplicationStats {
             remaining_chunks,
             recovered_bytes: self.recovered_bytes.load(Ordering::Relaxed),
             recovered_chunks: self.recovered_chunks.load(Ordering::Relaxed),
+            scrub: self.scrub.snapshot(),
         }
     }
 }
