@@ -12,6 +12,7 @@
 #[cfg(feature = "client")]
 pub mod client;
 mod cluster;
+mod pg_status;
 mod problem;
 #[cfg(test)]
 mod tests;
@@ -20,6 +21,11 @@ mod volumes;
 pub use cluster::{
     ClusterInitRequest, ClusterStatus, DriveView, Health, NodeAddressesView, NodeCounts, NodeList,
     NodeStatus, NodeView, PgCounts, PgList, PgMemberView, PgStatus, PgView, RaftRole, RaftView,
+    RecoveryView,
+};
+pub use pg_status::{
+    ClusterReports, MemberRecovery, NodePgReport, PG_LIST_LIMIT_MAX, PgEngineState, PgListQuery,
+    PgReport, classify_pg, pg_state_of,
 };
 pub use problem::{PROBLEM_CONTENT_TYPE, Problem, ProblemType};
 pub use volumes::{

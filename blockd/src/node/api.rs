@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use basalt::api::{RaftRole, RaftView};
+use basalt::api::{ClusterReports, RaftRole, RaftView};
 use basalt::ids::NodeId;
 use basalt::meta::{CommandKind, CommandResult, MetaState};
 use tokio_util::sync::CancellationToken;
@@ -59,6 +59,10 @@ impl ControlPlane for NodeControlPlane {
 
     fn propose(&self, kind: CommandKind) -> BoxFuture<'_, Result<CommandResult, ProposeFailure>> {
         Box::pin(self.0.propose(kind))
+    }
+
+    fn pg_reports(&self) -> BoxFuture<'_, ClusterReports> {
+        Box::pin(super::pg_stats::collect(&self.0))
     }
 }
 
