@@ -136,30 +136,9 @@ fn pg_states_follow_a_node_through_recovery() {
         status(&rt, &client).filter(|s| s.leader.is_some() && s.nodes.up == 3)
     })
     .unwrap_or_else(|| panic!("cluster never formed\n{}", cluster.logs()));
-    let request = VolumeCreateRequest {
-        name: "pgs".into(),
-        size: Size(WRITE_MIB * MIB),
-        replicas: None,
-    };
-    wait_for(READY_TIMEOUT, || {
-        rt.block_on(client.create_volume(&request, Some("pgs")))
-            .ok()
-    })
-    .unwrap_or_else(|| panic!("volume not created\n{}", cluster.logs()));
-    let uri = format!("nbd://{}/pgs", cluster.nbd_addr(1));
+    let uri = create_and_export(&cluster, &rt, &client);
     // Every PG that will miss writes holds a copy on node 3 first: its recovery then catches
     // a returning member up (recovering), not a new one (backfilling).
-    let exported = wait_for(READY_TIMEOUT, || {
-        run("nbdinfo", &[uri.as_str()], Duration::from_secs(20))
-            .status
-            .success()
-            .then_some(())
-    });
-    assert!(
-        exported.is_some(),
-        "export never appeared\n{}",
-        cluster.logs()
-    );
     fio_write(&cluster, &uri, WRITE_MIB);
 
     let healthy = pgs(&rt, &client).expect("PG list");
@@ -188,12 +167,119 @@ fn pg_states_follow_a_node_through_recovery() {
     fio_write(&cluster, &uri, WRITE_MIB);
     cluster.start_node(3);
 
-    // Poll until every PG is active again with nothing left, recording what was seen.
+    let (done, seen) = wait_recovered(&rt, &client);
+    assert!(
+        done.is_some(),
+        "PGs never all active again (seen {seen:?})\n{}",
+        cluster.logs()
+    );
+    assert!(
+        seen.contains(&PgStatus::Recovering),
+        "no PG was reported recovering (seen {seen:?})\n{}",
+        cluster.logs()
+    );
+    assert!(!seen.contains(&PgStatus::Inactive), "{seen:?}");
+    let after = status(&rt, &client).expect("status");
+    let recovery = after.recovery.clone().expect("recovery figures");
+    assert_eq!(
+        (recovery.remaining_objects, recovery.remaining_bytes),
+        (0, 0)
+    );
+    assert!(recovery.recovered_bytes > 0, "{recovery:?}");
+    assert_eq!(after.pgs.active, after.pgs.total());
+
+    check_cli(&cluster, &after);
+}
+
+/// Creates the volume `pgs` and waits for node 1 to export it; returns its NBD URI.
+fn create_and_export(
+    cluster: &TestCluster,
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+) -> String {
+    let request = VolumeCreateRequest {
+        name: "pgs".into(),
+        size: Size(WRITE_MIB * MIB),
+        replicas: None,
+    };
+    wait_for(READY_TIMEOUT, || {
+        rt.block_on(client.create_volume(&request, Some("pgs")))
+            .ok()
+    })
+    .unwrap_or_else(|| panic!("volume not created\n{}", cluster.logs()));
+    let uri = format!("nbd://{}/pgs", cluster.nbd_addr(1));
+    let exported = wait_for(READY_TIMEOUT, || {
+        run("nbdinfo", &[uri.as_str()], Duration::from_secs(20))
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(
+        exported.is_some(),
+        "export never appeared\n{}",
+        cluster.logs()
+    );
+    uri
+}
+
+/// The CLI on a recovered cluster: one status, PG lists, and a watch without a terminal.
+fn check_cli(cluster: &TestCluster, after: &ClusterStatus) {
+    let short = Duration::from_secs(30);
+    let out = basalt(cluster, 2, &["cluster", "status"], short);
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", text(&out.stderr));
+    assert!(
+        shown.contains("recovery") && shown.contains("0 objects (0 B) left"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("{} active", after.pgs.active)),
+        "{shown}"
+    );
+
+    let out = basalt(cluster, 3, &["pg", "list"], short);
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", text(&out.stderr));
+    assert!(
+        shown.contains("STATE") && shown.contains("active"),
+        "{shown}"
+    );
+    let out = basalt(cluster, 3, &["pg", "list", "--state", "recovering"], short);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("recovering"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = basalt(cluster, 3, &["pg", "list", "--state", "bogus"], short);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    let watch = &["cluster", "status", "--watch", "--interval", "300ms"];
+    let out = basalt(cluster, 1, watch, Duration::from_secs(2));
+    let shown = text(&out.stdout);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(
+        lines.len() >= 2,
+        "watch printed {lines:?}\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        lines.iter().all(|line| line.starts_with("health=ok")),
+        "{lines:?}"
+    );
+}
+
+/// Polls `GET /v1/pgs` until every PG is active again with nothing left (after recovery was
+/// seen); returns the last list (None on timeout) and every state seen.
+fn wait_recovered(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+) -> (Option<PgList>, BTreeSet<PgStatus>) {
     let mut seen: BTreeSet<PgStatus> = BTreeSet::new();
     let mut most_left = (0u64, 0u64);
     let started = Instant::now();
     let done = wait_for(RECOVERY_TIMEOUT, || {
-        let list = pgs(&rt, &client)?;
+        let list = pgs(rt, client)?;
         seen.extend(list.pgs.iter().map(|pg| pg.state));
         let left = list.pgs.iter().fold((0, 0), |(o, b), pg| {
             (o + pg.remaining_objects, b + pg.remaining_bytes)
@@ -208,68 +294,5 @@ fn pg_states_follow_a_node_through_recovery() {
     });
     let elapsed = started.elapsed();
     eprintln!("recovered in {elapsed:?}; states seen {seen:?}; most left {most_left:?}");
-    assert!(
-        done.is_some(),
-        "PGs never all active again (seen {seen:?})\n{}",
-        cluster.logs()
-    );
-    assert!(
-        seen.contains(&PgStatus::Recovering),
-        "no PG was reported recovering (seen {seen:?})\n{}",
-        cluster.logs()
-    );
-    assert!(!seen.contains(&PgStatus::Inactive), "{seen:?}");
-    let after = status(&rt, &client).expect("status");
-    let recovery = after.recovery.expect("recovery figures");
-    assert_eq!(
-        (recovery.remaining_objects, recovery.remaining_bytes),
-        (0, 0)
-    );
-    assert!(recovery.recovered_bytes > 0, "{recovery:?}");
-    assert_eq!(after.pgs.active, after.pgs.total());
-
-    // The CLI: one status, one PG list, and a watch without a terminal.
-    let short = Duration::from_secs(30);
-    let out = basalt(&cluster, 2, &["cluster", "status"], short);
-    let shown = text(&out.stdout);
-    assert!(out.status.success(), "{shown}{}", text(&out.stderr));
-    assert!(
-        shown.contains("recovery") && shown.contains("0 objects (0 B) left"),
-        "{shown}"
-    );
-    assert!(
-        shown.contains(&format!("{} active", after.pgs.active)),
-        "{shown}"
-    );
-
-    let out = basalt(&cluster, 3, &["pg", "list"], short);
-    let shown = text(&out.stdout);
-    assert!(out.status.success(), "{shown}{}", text(&out.stderr));
-    assert!(
-        shown.contains("STATE") && shown.contains("active"),
-        "{shown}"
-    );
-    let out = basalt(&cluster, 3, &["pg", "list", "--state", "recovering"], short);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        !text(&out.stdout).contains("recovering"),
-        "{}",
-        text(&out.stdout)
-    );
-    let out = basalt(&cluster, 3, &["pg", "list", "--state", "bogus"], short);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-
-    let watch = &["cluster", "status", "--watch", "--interval", "300ms"];
-    let out = basalt(&cluster, 1, watch, Duration::from_secs(2));
-    let shown = text(&out.stdout);
-    let lines: Vec<&str> = shown.lines().collect();
-    assert!(
-        lines.len() >= 2,
-        "watch printed {lines:?}\n{}",
-        text(&out.stderr)
-    );
-    assert!(
-        lines.iter().all(|line| line.starts_with("health=ok")),
-        "{lines:?}"
-    );
+    (done, seen)
 }
