@@ -518,6 +518,36 @@ async fn idempotency_key_returns_the_first_result() {
     assert_problem(&non_ascii, 400, "invalid-idempotency-key");
 }
 
+/// Goal: `GET /v1/pgs` filters by state and pages; bad query parameters are
+/// `invalid-parameter`.
+#[tokio::test]
+async fn pgs_filter_and_pages() {
+    let cluster = start().await;
+    let pgs = cluster.get("/v1/pgs").await;
+    assert_eq!(pgs.1["total"], 16);
+    // A state filter and a page; bad query parameters are `invalid-parameter`.
+    let page = cluster.get("/v1/pgs?state=active&offset=4&limit=5").await;
+    assert_eq!(page.0, StatusCode::OK, "{}", page.1);
+    assert_eq!(page.1["pgs"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        (page.1["total"].clone(), page.1["next_offset"].clone()),
+        (json!(16), json!(9))
+    );
+    assert_eq!(page.1["pgs"][0]["id"], 4);
+    let none = cluster.get("/v1/pgs?state=recovering").await;
+    assert_eq!(none.1["total"], 0);
+    for bad in [
+        "state=bogus",
+        "limit=0",
+        "limit=5000",
+        "offset=-1",
+        "colour=red",
+    ] {
+        let result = cluster.get(&format!("/v1/pgs?{bad}")).await;
+        assert_problem(&result, 400, "invalid-parameter");
+    }
+}
+
 #[tokio::test]
 async fn nodes_pgs_cluster_and_exports() {
     let cluster = start().await;

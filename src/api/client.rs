@@ -14,8 +14,8 @@ use thiserror::Error;
 
 use super::{
     ClusterInitRequest, ClusterStatus, ExportView, IDEMPOTENCY_KEY_HEADER, NodeList, NodeView,
-    PROBLEM_CONTENT_TYPE, PgList, Problem, ScrubStartResponse, ScrubStatus, VolumeCreateRequest,
-    VolumeList, VolumeResizeRequest, VolumeView,
+    PROBLEM_CONTENT_TYPE, PgList, PgListQuery, PgStatus, Problem, ScrubStartResponse, ScrubStatus,
+    VolumeCreateRequest, VolumeList, VolumeResizeRequest, VolumeView,
 };
 
 /// The API address the CLI uses when none is given.
@@ -170,10 +170,48 @@ impl Client {
             .await
     }
 
-    /// `GET /v1/pgs`.
+    /// `GET /v1/pgs`: the first page of every PG.
     pub async fn pgs(&self) -> Result<PgList, ClientError> {
         self.call(Method::GET, &["v1", "pgs"], None::<&()>, None)
             .await
+    }
+
+    /// `GET /v1/pgs?state=&offset=&limit=`: one page of the PGs `query` asks for.
+    pub async fn pg_page(&self, query: &PgListQuery) -> Result<PgList, ClientError> {
+        let mut pairs = Vec::new();
+        if let Some(state) = query.state {
+            pairs.push(("state", state.label().to_owned()));
+        }
+        if let Some(offset) = query.offset {
+            pairs.push(("offset", offset.to_string()));
+        }
+        if let Some(limit) = query.limit {
+            pairs.push(("limit", limit.to_string()));
+        }
+        self.call_with_query(Method::GET, &["v1", "pgs"], &pairs, None::<&()>, None)
+            .await
+    }
+
+    /// Every PG `state` selects (all when `None`), following the pages.
+    pub async fn pgs_in(&self, state: Option<PgStatus>) -> Result<PgList, ClientError> {
+        let mut query = PgListQuery {
+            state,
+            ..PgListQuery::default()
+        };
+        let mut list = self.pg_page(&query).await?;
+        // Bounded: each page moves `next_offset` forward, and a PG count is finite.
+        while let Some(next) = list.next_offset.filter(|next| *next < list.total) {
+            query.offset = Some(next);
+            let page = self.pg_page(&query).await?;
+            if page.pgs.is_empty() {
+                break;
+            }
+            list.pgs.extend(page.pgs);
+            list.next_offset = page.next_offset;
+            list.epoch = page.epoch;
+        }
+        list.next_offset = None;
+        Ok(list)
     }
 
     /// `GET /v1/volumes`.
@@ -254,7 +292,23 @@ impl Client {
         body: Option<&B>,
         idempotency_key: Option<&str>,
     ) -> Result<T, ClientError> {
-        let url = self.url(segments)?;
+        self.call_with_query(method, segments, &[], body, idempotency_key)
+            .await
+    }
+
+    /// [`Self::call`] with query parameters `query`.
+    async fn call_with_query<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&B>,
+        idempotency_key: Option<&str>,
+    ) -> Result<T, ClientError> {
+        let mut url = self.url(segments)?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         let shown = url.to_string();
         let mut request = self.http.request(method, url);
         if let Some(token) = &self.token {

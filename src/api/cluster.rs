@@ -1,9 +1,11 @@
 //! Node, PG and cluster views, built from a node's local copy of the metadata state.
 
+use super::PgListQuery;
+use super::pg_status::{ClusterReports, pg_state_of};
 use super::unix_ms_to_rfc3339;
 use crate::ids::{ClusterId, NodeId};
 use crate::meta::{CommandKind, MetaState, NodeRecord, NodeRole};
-use crate::placement::{Member, NodeState, PgHealth, Pool};
+use crate::placement::{Member, NodeState, Pool};
 use crate::size::Size;
 use serde::{Deserialize, Serialize};
 
@@ -113,16 +115,75 @@ pub struct NodeList {
     pub nodes: Vec<NodeView>,
 }
 
-/// Whether a PG can serve.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// Whether a PG can serve, and whether it is catching up (see [`super::classify_pg`]).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PgStatus {
-    /// All replicas present.
+    /// All replicas present and in sync.
     Active,
     /// At least `min_size` replicas: writes continue with reduced redundancy.
     Degraded,
-    /// Fewer than `min_size`: writes block.
+    /// Fewer than `min_size`, or no primary: writes block.
     Inactive,
+    /// A new primary is agreeing with the members on the PG's history; I/O waits.
+    Peering,
+    /// The primary is copying writes a returning member missed.
+    Recovering,
+    /// The primary is filling a member new to the PG.
+    Backfilling,
+}
+
+impl PgStatus {
+    /// Every state, in the order counts and tables show them.
+    pub const ALL: [PgStatus; 6] = [
+        PgStatus::Active,
+        PgStatus::Degraded,
+        PgStatus::Peering,
+        PgStatus::Recovering,
+        PgStatus::Backfilling,
+        PgStatus::Inactive,
+    ];
+
+    /// The state's name, as the API spells it.
+    pub fn label(self) -> &'static str {
+        match self {
+            PgStatus::Active => "active",
+            PgStatus::Degraded => "degraded",
+            PgStatus::Inactive => "inactive",
+            PgStatus::Peering => "peering",
+            PgStatus::Recovering => "recovering",
+            PgStatus::Backfilling => "backfilling",
+        }
+    }
+}
+
+impl std::str::FromStr for PgStatus {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        PgStatus::ALL
+            .into_iter()
+            .find(|state| state.label() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = PgStatus::ALL.iter().map(|s| s.label()).collect();
+                format!(
+                    "unknown PG state {text:?}: expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
 }
 
 /// One member of an acting set.
@@ -154,34 +215,47 @@ pub struct PgView {
     pub acting: Vec<PgMemberView>,
     /// Members that own the PG, down ones included.
     pub up: Vec<PgMemberView>,
-    /// Active, degraded or inactive.
+    /// Its state (the map's view refined by the primary's report).
     pub state: PgStatus,
     /// Map epoch in which the acting set last changed.
     pub since_epoch: u64,
+    /// Chunks recovery or backfill still has to copy to its members.
+    #[serde(default)]
+    pub remaining_objects: u64,
+    /// Allocated bytes of those chunks.
+    #[serde(default)]
+    pub remaining_bytes: u64,
+    /// Whether the primary answered: false when the state comes from the map alone.
+    #[serde(default)]
+    pub reported: bool,
 }
 
 impl PgView {
-    /// Views of every PG of `pool`.
+    /// Views of every PG of `pool`, states from the map alone.
     pub fn of_pool(pool: &Pool) -> Vec<PgView> {
+        Self::of_pool_with(pool, &ClusterReports::default())
+    }
+
+    /// Views of every PG of `pool`, states refined by the primaries' `reports`.
+    pub fn of_pool_with(pool: &Pool, reports: &ClusterReports) -> Vec<PgView> {
         (0u32..)
             .zip(pool.pgs())
-            .map(|(index, pg)| PgView {
-                pool: pool.spec().id.0,
-                id: index,
-                acting: pg.acting().iter().map(PgMemberView::from).collect(),
-                up: pg.up().iter().map(PgMemberView::from).collect(),
-                state: pg_status(pool, index),
-                since_epoch: pg.since().0,
+            .map(|(index, pg)| {
+                let (state, remaining_objects, remaining_bytes) =
+                    pg_state_of(pool, index, pg, reports);
+                PgView {
+                    pool: pool.spec().id.0,
+                    id: index,
+                    acting: pg.acting().iter().map(PgMemberView::from).collect(),
+                    up: pg.up().iter().map(PgMemberView::from).collect(),
+                    state,
+                    since_epoch: pg.since().0,
+                    remaining_objects,
+                    remaining_bytes,
+                    reported: pg.primary().is_some_and(|p| reports.answered(p.node)),
+                }
             })
             .collect()
-    }
-}
-
-fn pg_status(pool: &Pool, index: u32) -> PgStatus {
-    match pool.health(crate::ids::PgId(index)) {
-        Some(PgHealth::Active) => PgStatus::Active,
-        Some(PgHealth::Degraded) => PgStatus::Degraded,
-        _ => PgStatus::Inactive,
     }
 }
 
@@ -190,21 +264,50 @@ fn pg_status(pool: &Pool, index: u32) -> PgStatus {
 pub struct PgList {
     /// The map epoch these acting sets belong to.
     pub epoch: u64,
-    /// Every PG of every pool.
+    /// The PGs asked for (every PG of every pool, or those in the asked state), from `offset`,
+    /// at most `limit`.
     pub pgs: Vec<PgView>,
+    /// How many PGs match the query in all (all pages).
+    #[serde(default)]
+    pub total: u64,
+    /// The `offset` of the next page, absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<u64>,
+    /// Up nodes that did not answer in time: the PGs they lead show the map's state alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_nodes: Vec<u64>,
 }
 
 impl PgList {
-    /// Every PG of the state's map.
+    /// Every PG of the state's map, states from the map alone.
     pub fn new(state: &MetaState) -> Self {
+        Self::query(state, &ClusterReports::default(), &PgListQuery::default())
+    }
+
+    /// The PGs `query` asks for, states refined by the primaries' `reports`.
+    pub fn query(state: &MetaState, reports: &ClusterReports, query: &PgListQuery) -> Self {
+        let matching: Vec<PgView> = state
+            .map()
+            .pools()
+            .iter()
+            .flat_map(|pool| PgView::of_pool_with(pool, reports))
+            .filter(|view| query.state.is_none_or(|wanted| view.state == wanted))
+            .collect();
+        let total = matching.len() as u64;
+        let offset = query.offset.unwrap_or(0);
+        let limit = query.limit();
+        let pgs: Vec<PgView> = matching
+            .into_iter()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect();
+        let end = offset.saturating_add(pgs.len() as u64);
         Self {
             epoch: state.epoch().0,
-            pgs: state
-                .map()
-                .pools()
-                .iter()
-                .flat_map(PgView::of_pool)
-                .collect(),
+            pgs,
+            total,
+            next_offset: (end < total).then_some(end),
+            unreachable_nodes: reports.unreachable.clone(),
         }
     }
 }
@@ -215,7 +318,8 @@ impl PgList {
 pub enum Health {
     /// Every node up, every PG active.
     Ok,
-    /// Serving, with reduced redundancy (a node down or out, or a PG degraded).
+    /// Serving, with reduced redundancy (a node down or out, or a PG degraded, peering,
+    /// recovering or backfilling).
     Degraded,
     /// Some data cannot be written (a PG inactive), no leader, or no cluster yet.
     Unavailable,
@@ -244,6 +348,70 @@ pub struct PgCounts {
     pub degraded: u32,
     /// Inactive.
     pub inactive: u32,
+    /// Peering.
+    #[serde(default)]
+    pub peering: u32,
+    /// Recovering (a returning member catching up).
+    #[serde(default)]
+    pub recovering: u32,
+    /// Backfilling (a new member being filled).
+    #[serde(default)]
+    pub backfilling: u32,
+}
+
+impl PgCounts {
+    /// The counter of `state`.
+    fn slot(&mut self, state: PgStatus) -> &mut u32 {
+        match state {
+            PgStatus::Active => &mut self.active,
+            PgStatus::Degraded => &mut self.degraded,
+            PgStatus::Inactive => &mut self.inactive,
+            PgStatus::Peering => &mut self.peering,
+            PgStatus::Recovering => &mut self.recovering,
+            PgStatus::Backfilling => &mut self.backfilling,
+        }
+    }
+
+    /// How many PGs are in `state`.
+    pub fn get(&self, state: PgStatus) -> u32 {
+        match state {
+            PgStatus::Active => self.active,
+            PgStatus::Degraded => self.degraded,
+            PgStatus::Inactive => self.inactive,
+            PgStatus::Peering => self.peering,
+            PgStatus::Recovering => self.recovering,
+            PgStatus::Backfilling => self.backfilling,
+        }
+    }
+
+    /// Counts one more PG in `state`.
+    pub fn count(&mut self, state: PgStatus) {
+        let slot = self.slot(state);
+        *slot = slot.saturating_add(1);
+    }
+
+    /// Every PG counted.
+    pub fn total(&self) -> u32 {
+        PgStatus::ALL
+            .into_iter()
+            .fold(0u32, |sum, state| sum.saturating_add(self.get(state)))
+    }
+}
+
+/// Recovery across the cluster (`GET /v1/cluster`), from every up node's report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecoveryView {
+    /// Chunks recovery and backfill still have to copy, over every PG.
+    pub remaining_objects: u64,
+    /// Allocated bytes of those chunks.
+    pub remaining_bytes: u64,
+    /// Bytes the answering nodes' peering and recovery copied since they started.
+    pub recovered_bytes: u64,
+    /// Chunks the answering nodes' peering and recovery copied or deleted since they started.
+    pub recovered_objects: u64,
+    /// Up nodes that did not answer in time: the figures miss their share.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_nodes: Vec<u64>,
 }
 
 /// `GET /v1/cluster` response.
@@ -263,6 +431,9 @@ pub struct ClusterStatus {
     pub pgs: PgCounts,
     /// Live volumes.
     pub volumes: u32,
+    /// Recovery progress over the cluster (absent in a bare state view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryView>,
     /// Overall health.
     pub health: Health,
     /// The answering node's Raft view (filled in by the daemon; absent in a bare state view).
@@ -305,8 +476,20 @@ pub struct RaftView {
 }
 
 impl ClusterStatus {
-    /// The status from this node's copy of the state and its view of the leader.
+    /// The status from this node's copy of the state and its view of the leader, PG states
+    /// from the map alone.
     pub fn new(state: &MetaState, leader: Option<NodeId>) -> Self {
+        let mut status = Self::with_reports(state, leader, &ClusterReports::default());
+        status.recovery = None;
+        status
+    }
+
+    /// The status with PG states refined by the primaries' `reports`, and their recovery.
+    pub fn with_reports(
+        state: &MetaState,
+        leader: Option<NodeId>,
+        reports: &ClusterReports,
+    ) -> Self {
         let mut nodes = NodeCounts::default();
         for record in state.nodes().values() {
             let count = match record.state {
@@ -318,17 +501,23 @@ impl ClusterStatus {
             *count = count.saturating_add(1);
         }
         let mut pgs = PgCounts::default();
-        for view in state.map().pools().iter().flat_map(PgView::of_pool) {
-            let count = match view.state {
-                PgStatus::Active => &mut pgs.active,
-                PgStatus::Degraded => &mut pgs.degraded,
-                PgStatus::Inactive => &mut pgs.inactive,
-            };
-            *count = count.saturating_add(1);
+        let mut recovery = RecoveryView {
+            recovered_bytes: reports.recovered_bytes,
+            recovered_objects: reports.recovered_objects,
+            unreachable_nodes: reports.unreachable.clone(),
+            ..RecoveryView::default()
+        };
+        for pool in state.map().pools() {
+            for (index, pg) in (0u32..).zip(pool.pgs()) {
+                let (s, objects, bytes) = pg_state_of(pool, index, pg, reports);
+                pgs.count(s);
+                recovery.remaining_objects = recovery.remaining_objects.saturating_add(objects);
+                recovery.remaining_bytes = recovery.remaining_bytes.saturating_add(bytes);
+            }
         }
         let health = if state.cluster().is_none() || leader.is_none() || pgs.inactive > 0 {
             Health::Unavailable
-        } else if nodes.down > 0 || nodes.out > 0 || pgs.degraded > 0 {
+        } else if nodes.down > 0 || nodes.out > 0 || pgs.active < pgs.total() {
             Health::Degraded
         } else {
             Health::Ok
@@ -340,6 +529,7 @@ impl ClusterStatus {
             nodes,
             pgs,
             volumes: u32::try_from(state.volumes().len()).unwrap_or(u32::MAX),
+            recovery: Some(recovery),
             health,
             raft: None,
         }

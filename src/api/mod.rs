@@ -12,6 +12,7 @@
 #[cfg(feature = "client")]
 pub mod client;
 mod cluster;
+mod pg_status;
 mod problem;
 mod scrub;
 #[cfg(test)]
@@ -21,6 +22,11 @@ mod volumes;
 pub use cluster::{
     ClusterInitRequest, ClusterStatus, DriveView, Health, NodeAddressesView, NodeCounts, NodeList,
     NodeStatus, NodeView, PgCounts, PgList, PgMemberView, PgStatus, PgView, RaftRole, RaftView,
+    RecoveryView,
+};
+pub use pg_status::{
+    ClusterReports, MemberRecovery, NodePgReport, PG_LIST_LIMIT_MAX, PgEngineState, PgListQuery,
+    PgReport, classify_pg, pg_state_of,
 };
 pub use problem::{PROBLEM_CONTENT_TYPE, Problem, ProblemType};
 pub use scrub::{ScrubFigures, ScrubPassView, ScrubStartResponse, ScrubStatus};

@@ -294,6 +294,67 @@ fn cluster_status_health() {
     );
 }
 
+/// Goal: `GET /v1/pgs` filters by state and pages; the cluster status counts the states the
+/// primaries report and sums what recovery has left.
+#[test]
+fn pg_list_query_and_recovery_status() {
+    let state = state_with_nodes(3);
+    let pool = &state.map().pools()[0];
+    let primary = pool.pgs()[5].primary().unwrap().node;
+    let mut reports = ClusterReports::default();
+    reports.add(NodePgReport {
+        node: primary.0,
+        pgs: vec![PgReport {
+            pool: pool.spec().id.0,
+            pg: 5,
+            engine: PgEngineState::Recovering,
+            recovery: vec![MemberRecovery {
+                node: 9,
+                objects: 4,
+                bytes: 4 << 20,
+                backfill: false,
+            }],
+        }],
+        recovered_bytes: 1,
+        recovered_objects: 1,
+    });
+    reports.add_unreachable(NodeId(7));
+    let recovering = PgListQuery {
+        state: Some(PgStatus::Recovering),
+        ..PgListQuery::default()
+    };
+    let list = PgList::query(&state, &reports, &recovering);
+    assert_eq!((list.total, list.pgs.len()), (1, 1));
+    assert_eq!((list.pgs[0].id, list.pgs[0].remaining_objects), (5, 4));
+    assert!(list.pgs[0].reported);
+    assert_eq!(list.unreachable_nodes, [7]);
+    let page = PgListQuery {
+        offset: Some(10),
+        limit: Some(4),
+        ..PgListQuery::default()
+    };
+    let list = PgList::query(&state, &reports, &page);
+    assert_eq!(
+        (list.total, list.pgs.len(), list.next_offset),
+        (16, 4, Some(14))
+    );
+    let last = PgListQuery {
+        offset: Some(14),
+        ..page
+    };
+    assert_eq!(PgList::query(&state, &reports, &last).next_offset, None);
+
+    let status = ClusterStatus::with_reports(&state, Some(NodeId(1)), &reports);
+    assert_eq!((status.pgs.active, status.pgs.recovering), (15, 1));
+    assert_eq!(status.health, Health::Degraded);
+    let recovery = status.recovery.unwrap();
+    assert_eq!(
+        (recovery.remaining_objects, recovery.remaining_bytes),
+        (4, 4 << 20)
+    );
+    assert_eq!(recovery.unreachable_nodes, [7]);
+}
+
 #[test]
 fn times_never_fail_to_format() {
     assert_eq!(unix_ms_to_rfc3339(0), "1970-01-01T00:00:00.000Z");

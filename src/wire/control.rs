@@ -54,6 +54,9 @@ impl ControlKind {
     /// Thin-allocation query of a chunk range, answered by the PG primary from its store
     /// (NBD `base:allocation` through the gateway).
     pub const BLOCK_STATUS: ControlKind = ControlKind(8);
+    /// A node's report of the PGs it leads (engine states, recovery remaining), which the API
+    /// of any node collects from every up node for cluster-wide PG states.
+    pub const PG_STATS: ControlKind = ControlKind(10);
 }
 
 impl fmt::Display for ControlKind {

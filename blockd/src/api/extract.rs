@@ -1,6 +1,6 @@
 //! Request extractors whose every rejection is a problem document with the right code:
-//! JSON bodies (content type, size limit, syntax, and which field was wrong), path parameters
-//! and the `Idempotency-Key` header.
+//! JSON bodies (content type, size limit, syntax, and which field was wrong), path parameters,
+//! query strings and the `Idempotency-Key` header.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -122,6 +122,24 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             .await
             .map(|axum::extract::Path(value)| ApiPath(value))
             .map_err(|rejection| ApiError::new(ProblemType::BadRequest, rejection.body_text()))
+    }
+}
+
+/// A query string; a malformed one (an unknown state, a count that is not a number, an
+/// unknown parameter) is `invalid-parameter`.
+#[derive(Debug)]
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| ApiQuery(value))
+            .map_err(|rejection| {
+                ApiError::new(ProblemType::InvalidParameter, rejection.body_text())
+            })
     }
 }
 

@@ -10,9 +10,9 @@ use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use basalt::api::{
-    ClusterInitRequest, ClusterStatus, ExportView, NbdEndpointView, NodeList, NodeView, PgList,
-    ProblemType, ScrubStartResponse, ScrubStatus, VolumeCreateRequest, VolumeList,
-    VolumeResizeRequest, VolumeView,
+    ClusterInitRequest, ClusterReports, ClusterStatus, ExportView, NbdEndpointView, NodeList,
+    NodeView, PG_LIST_LIMIT_MAX, PgList, PgListQuery, ProblemType, ScrubStartResponse, ScrubStatus,
+    VolumeCreateRequest, VolumeList, VolumeResizeRequest, VolumeView,
 };
 use basalt::ids::NodeId;
 use basalt::meta::{
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{ApiJson, ApiPath, idempotency_key};
+use super::extract::{ApiJson, ApiPath, ApiQuery, idempotency_key};
 use super::openapi::{
     ActionProblems, ApiDoc, CreateProblems, LookupProblems, ReadProblems, WriteProblems,
 };
@@ -305,27 +305,45 @@ fn no_scrub() -> ApiError {
     )
 }
 
-/// Lists every placement group with its acting set.
+/// Lists placement groups with their acting sets and states (every PG, or those in one
+/// state), a page at a time. States combine the map with what every up node reports about
+/// the PGs it leads; nodes that do not answer in time are listed in `unreachable_nodes`.
 #[utoipa::path(get, path = "/v1/pgs", tag = "cluster", security(("bearer" = [])),
-    responses((status = 200, description = "Every PG of every pool", body = PgList),
-        ReadProblems))]
-async fn list_pgs(State(app): State<AppState>) -> Json<PgList> {
-    Json(PgList::new(&app.cp.state()))
+    params(PgListQuery),
+    responses((status = 200, description = "The PGs asked for", body = PgList),
+        LookupProblems))]
+async fn list_pgs(
+    State(app): State<AppState>,
+    ApiQuery(query): ApiQuery<PgListQuery>,
+) -> Result<Json<PgList>, ApiError> {
+    if query.limit == Some(0) || query.limit.is_some_and(|limit| limit > PG_LIST_LIMIT_MAX) {
+        return Err(ApiError::new(
+            ProblemType::InvalidParameter,
+            format!("limit must be in 1..={PG_LIST_LIMIT_MAX}"),
+        ));
+    }
+    let reports = app.cp.pg_reports().await;
+    Ok(Json(PgList::query(&app.cp.state(), &reports, &query)))
 }
 
-fn status_of(app: &AppState) -> ClusterStatus {
+fn status_of(app: &AppState, reports: Option<&ClusterReports>) -> ClusterStatus {
     let leader = app.cp.leader().map(|leader| leader.node);
-    let mut status = ClusterStatus::new(&app.cp.state(), leader);
+    let state = app.cp.state();
+    let mut status = match reports {
+        Some(reports) => ClusterStatus::with_reports(&state, leader, reports),
+        None => ClusterStatus::new(&state, leader),
+    };
     status.raft = Some(app.cp.raft_status());
     status
 }
 
-/// Cluster health: nodes by state, PGs by status, the leader and the map epoch.
+/// Cluster health: nodes by state, PGs by state, recovery left, the leader and the map epoch.
 #[utoipa::path(get, path = "/v1/cluster", tag = "cluster", security(("bearer" = [])),
     responses((status = 200, description = "Cluster status", body = ClusterStatus),
         ReadProblems))]
 async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> {
-    Json(status_of(&app))
+    let reports = app.cp.pg_reports().await;
+    Json(status_of(&app, Some(&reports)))
 }
 
 /// Creates the cluster (`basalt cluster init`). Repeating it with the same `cluster_id` is a
@@ -348,7 +366,7 @@ async fn cluster_init(
             } else {
                 StatusCode::OK
             };
-            Ok((status, Json(status_of(&app))))
+            Ok((status, Json(status_of(&app, None))))
         }
         outcome => Err(unexpected(&outcome)),
     }

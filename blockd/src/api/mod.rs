@@ -23,7 +23,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use basalt::api::RaftView;
+use basalt::api::{ClusterReports, RaftView};
 use basalt::ids::NodeId;
 use basalt::meta::{CommandKind, CommandResult, MetaState, TokenRole, token_sha256};
 use futures_util::future::BoxFuture;
@@ -104,6 +104,13 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// a node without a replication service.
     fn scrub_start(&self) -> Option<bool> {
         None
+    }
+
+    /// What every up node reports about the PGs it leads (engine states, recovery left), for
+    /// cluster-wide PG states. The daemon asks each node with a bounded wait; the default
+    /// knows no engine, so PG states come from the map alone.
+    fn pg_reports(&self) -> BoxFuture<'_, ClusterReports> {
+        Box::pin(async { ClusterReports::default() })
     }
 
     /// The node's wall clock in Unix ms (for ages such as `last_heartbeat_age_ms`).

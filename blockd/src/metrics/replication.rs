@@ -3,65 +3,31 @@
 //! recovering), recovery progress from the replication service's stats, scrub progress, and
 //! the replica write latency the peer transport measures.
 //!
-//! A PG is `active` when every member of its up set is on an up node, `degraded` when at
-//! least the pool's `min_size` are, `inactive` below that (its I/O blocks); a PG this node
-//! leads counts as `peering` or `recovering` while its engine is. Backfill does not exist yet:
-//! its figures are reported at zero. Scrub figures are this node's passes over the PGs it
-//! leads; before its first pass the last completed scrub is the cluster's creation time.
+//! A PG's state comes from [`basalt::api::classify_pg`], the function the API's `GET /v1/pgs`
+//! uses: the map's acting set decides `active` / `degraded` / `inactive`, and for the PGs this
+//! node leads its engine refines that to `peering`, `recovering` or `backfilling` (the API
+//! asks every node for its PGs; a scrape only knows this node's). Scrub figures are this node's
+//! passes over the PGs it leads; before its first pass the last completed scrub is the
+//! cluster's creation time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use basalt::ids::PgId;
+use basalt::api::{ClusterReports, pg_state_of};
+use basalt::ids::NodeId;
 use basalt::meta::MetaState;
-use basalt::placement::{NodeState, PoolId};
+use basalt::placement::PoolId;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 
 use super::cluster::ClusterSnapshot;
 use super::{encode_counter, encode_gauge, encode_gauges};
 use crate::peer::PeerStats;
-use crate::replication::{PgKey, PgState as EngineState};
+
+/// A PG state as counted: the API's.
+pub use basalt::api::PgStatus as PgState;
 
 /// Every PG state a gauge exists for.
-pub const PG_STATES: [PgState; 6] = [
-    PgState::Active,
-    PgState::Degraded,
-    PgState::Peering,
-    PgState::Recovering,
-    PgState::Backfilling,
-    PgState::Inactive,
-];
-
-/// A PG state as counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PgState {
-    /// Every member up.
-    Active,
-    /// At least `min_size` members up.
-    Degraded,
-    /// A new primary of this node agreeing with the members on the PG's history.
-    Peering,
-    /// A primary of this node copying missed writes to a member.
-    Recovering,
-    /// A new member being filled (not reported yet: always 0).
-    Backfilling,
-    /// Fewer than `min_size` members up: I/O blocks.
-    Inactive,
-}
-
-impl PgState {
-    /// The `state` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Degraded => "degraded",
-            Self::Peering => "peering",
-            Self::Recovering => "recovering",
-            Self::Backfilling => "backfilling",
-            Self::Inactive => "inactive",
-        }
-    }
-}
+pub const PG_STATES: [PgState; 6] = PgState::ALL;
 
 /// Labels of the PG-state gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,51 +38,32 @@ pub struct PgStateLabels {
     pub state: &'static str,
 }
 
-/// PGs per pool and state, every state present (at zero) for every pool of the map. `local`
-/// is this node's engines' states: a PG it leads that is peering or recovering counts so.
-pub fn pg_states(
-    state: &MetaState,
-    local: &[(PgKey, EngineState)],
-) -> BTreeMap<(PoolId, PgState), u64> {
-    let engines: HashMap<(PoolId, PgId), EngineState> = local
-        .iter()
-        .map(|(key, state)| ((key.pool, key.pg), *state))
-        .collect();
+/// PGs per pool and state, every state present (at zero) for every pool of the map.
+/// `reports` holds what is known of the primaries' engines (a scrape: this node's own).
+pub fn pg_states(state: &MetaState, reports: &ClusterReports) -> BTreeMap<(PoolId, PgState), u64> {
     let mut counts = BTreeMap::new();
     for pool in state.map().pools() {
         let spec = pool.spec();
         for s in PG_STATES {
             counts.insert((spec.id, s), 0);
         }
-        for (index, pg) in pool.pgs().iter().enumerate() {
-            let id = PgId(u32::try_from(index).unwrap_or(u32::MAX));
-            match engines.get(&(spec.id, id)) {
-                Some(EngineState::Peering) => {
-                    *counts.entry((spec.id, PgState::Peering)).or_default() += 1;
-                    continue;
-                }
-                Some(EngineState::Recovering) => {
-                    *counts.entry((spec.id, PgState::Recovering)).or_default() += 1;
-                    continue;
-                }
-                _ => {}
-            }
-            let up = pg
-                .up()
-                .iter()
-                .filter(|m| state.node(m.node).is_some_and(|n| n.state == NodeState::Up))
-                .count();
-            let s = if up >= usize::from(spec.replicas) {
-                PgState::Active
-            } else if up >= usize::from(spec.min_size) {
-                PgState::Degraded
-            } else {
-                PgState::Inactive
-            };
+        for (index, pg) in (0u32..).zip(pool.pgs()) {
+            let (s, _, _) = pg_state_of(pool, index, pg, reports);
             *counts.entry((spec.id, s)).or_default() += 1;
         }
     }
     counts
+}
+
+/// This node's own report as the only one known (what a scrape can see without asking peers).
+fn local_reports(snapshot: &ClusterSnapshot) -> ClusterReports {
+    let mut reports = ClusterReports::default();
+    reports.add(
+        snapshot
+            .replication
+            .pg_report(NodeId(snapshot.raft.node_id)),
+    );
+    reports
 }
 
 /// Encodes the PG-state gauges.
@@ -124,7 +71,7 @@ fn encode_pg_states(
     encoder: &mut DescriptorEncoder,
     snapshot: &ClusterSnapshot,
 ) -> Result<(), std::fmt::Error> {
-    let pgs = pg_states(&snapshot.state, &snapshot.replication.states)
+    let pgs = pg_states(&snapshot.state, &local_reports(snapshot))
         .into_iter()
         .map(|((pool, s), count)| {
             let labels = PgStateLabels {
@@ -218,9 +165,9 @@ pub fn encode(
     let gauges: [(&str, &str, u64); 2] = [
         (
             "recovery_remaining_bytes",
-            "Bytes this node's primaries still have to copy in their current recovery passes \
-             (at most a chunk each)",
-            remaining_objects * u64::from(snapshot.chunk_size_bytes),
+            "Allocated bytes of the chunks this node's primaries still have to copy in their \
+             current recovery passes",
+            replication.remaining_bytes,
         ),
         (
             "recovery_remaining_objects",
@@ -258,7 +205,8 @@ pub fn encode(
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use basalt::ids::{ClusterId, DriveId, NodeId};
+    use basalt::api::{MemberRecovery, NodePgReport, PgEngineState, PgReport};
+    use basalt::ids::{ClusterId, DriveId};
     use basalt::meta::{Command, CommandKind, DriveInfo, NodeAddresses, NodeRole};
 
     use super::*;
@@ -302,7 +250,7 @@ pub(crate) mod tests {
     }
 
     fn count(state: &MetaState, s: PgState) -> u64 {
-        pg_states(state, &[])
+        pg_states(state, &ClusterReports::default())
             .iter()
             .filter(|((_, state), _)| *state == s)
             .map(|(_, n)| n)
@@ -315,7 +263,10 @@ pub(crate) mod tests {
     fn pg_states_follow_node_states() {
         let mut state = cluster();
         assert_eq!(count(&state, PgState::Active), 8);
-        assert_eq!(pg_states(&state, &[]).len(), PG_STATES.len());
+        assert_eq!(
+            pg_states(&state, &ClusterReports::default()).len(),
+            PG_STATES.len()
+        );
         apply(
             &mut state,
             T0 + 10,
@@ -332,26 +283,55 @@ pub(crate) mod tests {
         assert_eq!(count(&state, PgState::Peering), 0);
     }
 
-    /// Goal: PGs this node's engines are peering or recovering count in those states instead
-    /// of the state the map alone gives; other engine states leave the map's answer.
+    /// Goal: the PGs a node leads count as its engines report them (peering, recovering,
+    /// backfilling); a report by a node that is not the PG's primary, or a replica's, leaves
+    /// the map's answer.
     #[test]
-    fn local_engines_refine_pg_states() {
+    fn primary_reports_refine_pg_states() {
         let state = cluster();
-        let pool = state
-            .map()
-            .pools()
-            .first()
-            .map(|p| p.spec().id)
-            .expect("a pool");
-        let key = |pg| PgKey { pool, pg: PgId(pg) };
-        let local = [
-            (key(0), EngineState::Peering),
-            (key(1), EngineState::Recovering),
-            (key(2), EngineState::Replica),
-        ];
-        let counts = pg_states(&state, &local);
-        assert_eq!(counts[&(pool, PgState::Peering)], 1);
-        assert_eq!(counts[&(pool, PgState::Recovering)], 1);
-        assert_eq!(counts[&(pool, PgState::Active)], 6);
+        let pool = state.map().pools().first().expect("a pool");
+        let primary = |pg: usize| pool.pgs()[pg].primary().expect("a primary").node;
+        let report = |pg: u32, engine, recovery| PgReport {
+            pool: pool.spec().id.0,
+            pg,
+            engine,
+            recovery,
+        };
+        let member = |backfill| MemberRecovery {
+            node: 9,
+            objects: 3,
+            bytes: 300,
+            backfill,
+        };
+        let mut by_node: BTreeMap<NodeId, Vec<PgReport>> = BTreeMap::new();
+        let mut add = |node: NodeId, pg| by_node.entry(node).or_default().push(pg);
+        add(primary(0), report(0, PgEngineState::Peering, vec![]));
+        add(
+            primary(1),
+            report(1, PgEngineState::Recovering, vec![member(false)]),
+        );
+        add(
+            primary(2),
+            report(2, PgEngineState::Recovering, vec![member(true)]),
+        );
+        add(primary(3), report(3, PgEngineState::Replica, vec![]));
+        // Not the primary of PG 4: ignored.
+        let other = NodeId(primary(4).0 % 3 + 1);
+        add(other, report(4, PgEngineState::Peering, vec![]));
+        let mut reports = ClusterReports::default();
+        for (node, pgs) in by_node {
+            reports.add(NodePgReport {
+                node: node.0,
+                pgs,
+                recovered_bytes: 0,
+                recovered_objects: 0,
+            });
+        }
+        let id = pool.spec().id;
+        let counts = pg_states(&state, &reports);
+        assert_eq!(counts[&(id, PgState::Peering)], 1);
+        assert_eq!(counts[&(id, PgState::Recovering)], 1);
+        assert_eq!(counts[&(id, PgState::Backfilling)], 1);
+        assert_eq!(counts[&(id, PgState::Active)], 5);
     }
 }

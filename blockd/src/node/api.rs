@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use basalt::api::{RaftRole, RaftView, ScrubFigures, ScrubPassView, ScrubStatus};
+use basalt::api::{ClusterReports, RaftRole, RaftView, ScrubFigures, ScrubPassView, ScrubStatus};
 use basalt::ids::NodeId;
 use basalt::meta::{CommandKind, CommandResult, MetaState};
 use tokio_util::sync::CancellationToken;
@@ -77,6 +77,10 @@ impl ControlPlane for NodeControlPlane {
             return None;
         }
         Some(self.0.replication_stats.scrub().request_pass())
+    }
+
+    fn pg_reports(&self) -> BoxFuture<'_, ClusterReports> {
+        Box::pin(super::pg_stats::collect(&self.0))
     }
 }
 

@@ -11,6 +11,7 @@ pub mod drives;
 pub mod exports;
 pub mod identity;
 mod membership;
+pub mod pg_stats;
 pub mod raft;
 mod view;
 
@@ -291,7 +292,7 @@ async fn forward_meta_reports(
 }
 
 /// The peer listener's handlers: replication I/O and block status, Raft, proposal
-/// forwarding, joins and heartbeats.
+/// forwarding, joins, heartbeats and PG reports.
 fn build_router(shared: &Arc<NodeShared>, replication: &Arc<ReplicationService>) -> Router {
     replication
         .routes(Router::new())
@@ -307,6 +308,10 @@ fn build_router(shared: &Arc<NodeShared>, replication: &Arc<ReplicationService>)
         .with_control(
             ControlKind::HEARTBEAT,
             Arc::new(HeartbeatHandler(Arc::clone(shared))),
+        )
+        .with_control(
+            ControlKind::PG_STATS,
+            Arc::new(pg_stats::PgStatsHandler(Arc::clone(shared))),
         )
 }
 

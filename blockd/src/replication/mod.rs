@@ -64,7 +64,7 @@ pub use service::{
     MetaReport, PG_INBOX_DEPTH_DEFAULT, PgKey, RECOVERY_BYTES_PER_SEC_DEFAULT, ReplicationConfig,
     ReplicationError, ReplicationService, VIEW_WAIT_DEFAULT,
 };
-pub use stats::{ReplicationSnapshot, ReplicationStats};
+pub use stats::{MemberProgress, Progress, ReplicationSnapshot, ReplicationStats};
 pub use types::{
     ACKS_WAITING_MAX_DEFAULT, Action, ChunkRange, ClientFlush, ClientRead, ClientWrite,
     DUPLICATE_TOKENS_MAX, EngineError, GAP_TIMEOUT_DEFAULT, LOG_ENTRIES_MAX_DEFAULT, Limits,

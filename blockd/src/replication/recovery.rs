@@ -7,11 +7,13 @@
 //! [`Action::Recover`]: super::Action::Recover
 //! [`Action::FinalSync`]: super::Action::FinalSync
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use basalt::ids::{ChunkKey, ChunkVersion, Epoch, NodeId};
 use basalt::placement::pg_of;
+use basalt::units::BLOCK_SIZE_BYTES;
 use basalt::wire::{Bytes, ControlKind, Status};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +23,7 @@ use super::recovery_msg::{
 };
 use super::recovery_plan::{ChunkFix, Labels, diff, level_members, plan_peering};
 use super::service::PgKey;
-use super::stats::ReplicationStats;
+use super::stats::{Progress, ReplicationStats};
 use super::types::Peered;
 use crate::peer::Peers;
 use crate::store::{ChunkInfo, Store, StoreError};
@@ -438,13 +440,32 @@ impl RecoveryCtx {
     /// One recovery pass: copy every differing chunk to `member`, delete what it should not
     /// hold. Returns how many chunks needed fixing.
     async fn pass(&self, member: NodeId, epoch: Epoch) -> Result<usize, RecoveryError> {
-        let own = self.own_labels().await?;
+        let chunks = self.store.list_chunks().await?;
+        let own = pg_labels(&self.view, self.key, &chunks);
         let theirs = self.member_labels(member, epoch).await?;
+        if theirs.is_empty() && !own.is_empty() {
+            // The member holds nothing of this PG: it is new to it (backfill).
+            self.stats.mark_backfill(self.key, member);
+        }
         let fixes = diff(&own, &theirs);
+        let sizes: HashMap<ChunkKey, u64> = chunks
+            .iter()
+            .map(|info| {
+                let size = u64::from(info.allocated_blocks) * u64::from(BLOCK_SIZE_BYTES);
+                (info.chunk, size)
+            })
+            .collect();
+        let fix_bytes = |fix: &ChunkFix| match fix {
+            ChunkFix::Copy { chunk, .. } => sizes.get(chunk).copied().unwrap_or(0),
+            ChunkFix::Delete { .. } => 0,
+        };
         let mut bytes = 0;
-        let mut left = fixes.len() as u64;
+        let mut left = Progress {
+            chunks: fixes.len() as u64,
+            bytes: fixes.iter().map(fix_bytes).sum(),
+        };
         for fix in &fixes {
-            self.stats.set_remaining(self.key, member, left);
+            self.stats.set_progress(self.key, member, left);
             let copied = match *fix {
                 ChunkFix::Copy { chunk, label } => {
                     self.copy_chunk(End::Local, End::Remote(member), epoch, chunk, label)
@@ -458,7 +479,8 @@ impl RecoveryCtx {
             };
             self.stats.add_recovered(copied);
             bytes += copied;
-            left -= 1;
+            left.chunks -= 1;
+            left.bytes = left.bytes.saturating_sub(fix_bytes(fix));
         }
         self.stats.set_remaining(self.key, member, 0);
         if !fixes.is_empty() {
@@ -473,7 +495,10 @@ impl RecoveryCtx {
         loop {
             let attempt = self.pass(member, epoch);
             tokio::select! {
-                () = self.cancel.cancelled() => return false,
+                () = self.cancel.cancelled() => {
+                    self.stats.end_recovery(self.key, member);
+                    return false;
+                }
                 result = attempt => match result {
                     Ok(fixed) if fixed <= FINAL_FIXES_MAX => return true,
                     Ok(_) => continue,
@@ -503,7 +528,7 @@ impl RecoveryCtx {
             }
             self.sync_point(member, epoch, head).await
         };
-        tokio::select! {
+        let done = tokio::select! {
             () = self.cancel.cancelled() => false,
             result = attempt => match result {
                 Ok(()) => true,
@@ -512,7 +537,9 @@ impl RecoveryCtx {
                     false
                 }
             },
-        }
+        };
+        self.stats.end_recovery(self.key, member);
+        done
     }
 }
 

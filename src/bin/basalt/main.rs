@@ -1,6 +1,6 @@
 //! `basalt`: the operator's command-line tool, a client of the HTTP provisioning API.
 //!
-//! `basalt [--api URL] [--token T] [--json] cluster|node|volume ...` prints human tables by
+//! `basalt [--api URL] [--token T] [--json] cluster|node|pg|volume ...` prints human tables by
 //! default and the API's JSON with `--json`. Exit codes: 0 ok, 1 the server refused (a problem
 //! document), 2 usage, 3 the API was unreachable. `basalt demo` runs the quick-start demo by
 //! delegating to the `blockd` daemon binary. `basalt audit write|check` is the
@@ -8,6 +8,7 @@
 
 mod audit;
 mod up;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -16,8 +17,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use basalt::api::client::{Client, ClientError, DEFAULT_API_URL};
 use basalt::api::{
-    ClusterInitRequest, ClusterStatus, NodeView, VolumeCreateRequest, VolumeResizeRequest,
-    VolumeView,
+    ClusterInitRequest, ClusterStatus, NodeView, PgList, PgStatus, VolumeCreateRequest,
+    VolumeResizeRequest, VolumeView,
 };
 use basalt::size::{Size, format_size};
 use clap::{Parser, Subcommand};
@@ -60,6 +61,9 @@ enum Cmd {
     /// Storage nodes.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Placement groups: their members, states and recovery.
+    #[command(subcommand)]
+    Pg(PgCmd),
     /// Volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
@@ -99,8 +103,28 @@ enum ClusterCmd {
         #[arg(long, value_parser = parse_size_arg)]
         chunk_size: Option<Size>,
     },
-    /// Health, leader, map epoch, node and PG counts.
-    Status,
+    /// Health, leader, map epoch, node and PG counts, recovery left.
+    Status {
+        /// Keep watching: redraw every interval with a recovery progress bar (one line per
+        /// interval when stdout is not a terminal) until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// How often `--watch` polls (`1s`, `500ms`).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration,
+            requires = "watch")]
+        interval: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum PgCmd {
+    /// Every PG (or those in one state) with its acting set, state and recovery left.
+    List {
+        /// Only PGs in this state: active, degraded, peering, recovering, backfilling or
+        /// inactive.
+        #[arg(long)]
+        state: Option<PgStatus>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,6 +222,9 @@ fn main() -> ExitCode {
         Cmd::Node(command) => with_client(&api, token, |client| {
             Box::pin(node(client, command, output))
         }),
+        Cmd::Pg(command) => {
+            with_client(&api, token, |client| Box::pin(pg(client, command, output)))
+        }
         Cmd::Volume(command) => with_client(&api, token, |client| {
             Box::pin(volume(client, command, output))
         }),
@@ -299,7 +326,11 @@ fn fields(rows: &[(&str, String)]) -> Table {
 
 async fn cluster(client: &Client, command: ClusterCmd, output: Output) -> Result<(), ClientError> {
     let status = match command {
-        ClusterCmd::Status => client.cluster_status().await?,
+        ClusterCmd::Status {
+            watch: true,
+            interval,
+        } => return watch::run(client, interval, output.json).await,
+        ClusterCmd::Status { watch: false, .. } => client.cluster_status().await?,
         ClusterCmd::Init {
             cluster_id,
             pg_count,
@@ -340,15 +371,28 @@ fn cluster_table(status: &ClusterStatus) -> Table {
                 status.nodes.up, status.nodes.down, status.nodes.out
             ),
         ),
-        (
-            "pgs",
-            format!(
-                "{} active, {} degraded, {} inactive",
-                status.pgs.active, status.pgs.degraded, status.pgs.inactive
-            ),
-        ),
+        ("pgs", watch::pg_counts(status)),
         ("volumes", status.volumes.to_string()),
     ];
+    if let Some(recovery) = &status.recovery {
+        rows.push((
+            "recovery",
+            format!(
+                "{} objects ({}) left",
+                recovery.remaining_objects,
+                watch::human_bytes(recovery.remaining_bytes)
+            ),
+        ));
+        if !recovery.unreachable_nodes.is_empty() {
+            rows.push((
+                "unreachable",
+                format!(
+                    "nodes {:?} did not answer: their PGs show the map's state",
+                    recovery.unreachable_nodes
+                ),
+            ));
+        }
+    }
     if let Some(raft) = &status.raft {
         rows.push((
             "raft",
@@ -405,6 +449,47 @@ async fn node(client: &Client, command: NodeCmd, output: Output) -> Result<(), C
     };
     output.show(&node, node_table);
     Ok(())
+}
+
+async fn pg(client: &Client, command: PgCmd, output: Output) -> Result<(), ClientError> {
+    let PgCmd::List { state } = command;
+    let list = client.pgs_in(state).await?;
+    output.show(&list, pg_table);
+    if !output.json && !list.unreachable_nodes.is_empty() {
+        eprintln!(
+            "basalt: nodes {:?} did not answer: the PGs they lead show the map's state",
+            list.unreachable_nodes
+        );
+    }
+    Ok(())
+}
+
+fn pg_table(list: &PgList) -> Table {
+    let mut table = table(&["PG", "STATE", "ACTING", "UP", "LEFT", "SINCE"]);
+    let nodes = |members: &[basalt::api::PgMemberView]| {
+        let ids: Vec<String> = members.iter().map(|m| m.node.to_string()).collect();
+        format!("[{}]", ids.join(","))
+    };
+    for pg in &list.pgs {
+        let left = if pg.remaining_objects == 0 {
+            "-".to_owned()
+        } else {
+            format!(
+                "{} ({})",
+                pg.remaining_objects,
+                watch::human_bytes(pg.remaining_bytes)
+            )
+        };
+        table.add_row(vec![
+            format!("{}.{}", pg.pool, pg.id),
+            pg.state.label().to_owned(),
+            nodes(&pg.acting),
+            nodes(&pg.up),
+            left,
+            format!("e{}", pg.since_epoch),
+        ]);
+    }
+    table
 }
 
 fn capacity(node: &NodeView) -> u64 {
