@@ -665,3 +665,153 @@ fn fio_verify_survives_nodes_killed_under_load() {
         "verify-only pass read everything: {job}"
     );
 }
+
+/// Every PG of the cluster as node 1's API reports it, or `None` if the call failed.
+fn pg_views(cluster: &TestCluster) -> Option<Vec<basalt::api::PgView>> {
+    runtime()
+        .block_on(api(cluster, 1).pgs_in(None))
+        .ok()
+        .map(|list| list.pgs)
+}
+
+/// Polls the PGs (every 250 ms, up to `bound`) until `done`; on every successful poll, asserts
+/// that no PG has fewer than 3 acting members (redundancy never drops while data moves).
+/// Returns the polls made.
+fn watch_pgs_until(
+    cluster: &TestCluster,
+    what: &str,
+    bound: Duration,
+    done: impl Fn(&[basalt::api::PgView]) -> bool,
+) -> u32 {
+    let deadline = Instant::now() + bound;
+    let mut polls = 0;
+    loop {
+        if let Some(pgs) = pg_views(cluster) {
+            polls += 1;
+            let short = pgs.iter().find(|pg| pg.acting.len() < 3);
+            assert!(
+                short.is_none(),
+                "{what}: a PG dropped below 3 acting members: {short:?}\n{}",
+                cluster.logs()
+            );
+            if done(&pgs) {
+                return polls;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not finish in {bound:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Whether `node` is in the acting set of any PG.
+fn holds(pgs: &[basalt::api::PgView], node: u64) -> bool {
+    pgs.iter()
+        .any(|pg| pg.acting.iter().any(|m| m.node == node))
+}
+
+/// Goal: a cluster grows and shrinks under load without a verify error and without ever
+/// holding fewer than 3 copies of a PG. Method: fio (nbd engine, crc32c verify with
+/// `verify_backlog`, rate-limited to about 80 s) writes through node 1 of a 3-node cluster;
+/// node 4 starts and joins: the PGs it takes keep their old members acting until it is
+/// backfilled, then settle (acting = up, 3 members). Then node 2 is drained (`node out` on a
+/// live node): it keeps serving until each of its PGs is rebuilt elsewhere, then leaves them;
+/// then it is stopped. Every PG is polled throughout and never has fewer than 3 acting members.
+/// A verify-only pass after the job reads every block back.
+#[test]
+fn fio_verify_survives_growing_and_draining_under_load() {
+    let mut spec = ClusterSpec::new(72, 3);
+    spec.followers = 1;
+    let mut cluster = TestCluster::configure(&spec);
+    for n in 1..=3 {
+        cluster.start_node(n);
+    }
+    wait_ready(&cluster, 1, 3);
+    create_volume(&cluster, "grow", 64 * MIB);
+    let uri1 = uri(&cluster, 1, "grow");
+    wait_export(&cluster, &uri1);
+    let args: Vec<String> = vec![
+        "--name=growverify".into(),
+        "--ioengine=nbd".into(),
+        format!("--uri={uri1}"),
+        "--rw=randwrite".into(),
+        "--bs=4k".into(),
+        "--iodepth=16".into(),
+        "--size=48m".into(),
+        "--rate_iops=150".into(),
+        "--verify=crc32c".into(),
+        "--verify_backlog=256".into(),
+        "--verify_fatal=1".into(),
+        "--verify_state_save=0".into(),
+        "--do_verify=1".into(),
+        "--output-format=json".into(),
+    ];
+    let fio = {
+        let args = args.clone();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_unchecked("fio", &args, Duration::from_secs(300))
+        })
+    };
+    std::thread::sleep(Duration::from_secs(5));
+
+    // Grow: node 4 joins and takes its share; each PG settles once node 4 is level.
+    cluster.start_node(4);
+    wait_ready(&cluster, 1, 4);
+    let started = Instant::now();
+    watch_pgs_until(
+        &cluster,
+        "rebalance onto node 4",
+        Duration::from_secs(90),
+        |pgs| holds(pgs, 4) && pgs.iter().all(|pg| !pg.pending && pg.acting.len() == 3),
+    );
+    eprintln!("rebalance onto node 4 settled in {:?}", started.elapsed());
+    let grown_while_loaded = !fio.is_finished();
+
+    // Shrink: drain node 2 while it serves, then stop it.
+    let drained = runtime()
+        .block_on(api(&cluster, 1).node_out(2))
+        .unwrap_or_else(|e| panic!("drain node 2: {e}\n{}", cluster.logs()));
+    assert_eq!(drained.state, basalt::api::NodeStatus::Draining);
+    let started = Instant::now();
+    watch_pgs_until(
+        &cluster,
+        "drain of node 2",
+        Duration::from_secs(90),
+        |pgs| !holds(pgs, 2) && pgs.iter().all(|pg| !pg.pending && pg.acting.len() == 3),
+    );
+    eprintln!("drain of node 2 finished in {:?}", started.elapsed());
+    let drained_while_loaded = !fio.is_finished();
+    cluster.stop(2);
+
+    let output = fio.join().expect("fio thread");
+    let out = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "fio failed ({}):\n{out}\n{}\n{}",
+        output.status,
+        text(&output.stderr),
+        cluster.logs()
+    );
+    let job = json(&output)["jobs"][0].clone();
+    assert_eq!(job["error"], 0, "{job}\n{}", cluster.logs());
+    assert!(
+        grown_while_loaded && drained_while_loaded,
+        "the job ended before the cluster changed (grown {grown_while_loaded}, drained \
+         {drained_while_loaded})"
+    );
+    let mut verify: Vec<&str> = args.iter().map(String::as_str).collect();
+    verify.retain(|arg| !arg.starts_with("--rate_iops") && !arg.starts_with("--verify_backlog"));
+    verify.push("--verify_only");
+    let report = json(&run(&cluster, "fio", &verify));
+    let job = report["jobs"][0].clone();
+    assert_eq!(job["error"], 0, "verify-only pass: {job}");
+    assert_eq!(
+        job["read"]["io_bytes"],
+        48 * MIB,
+        "verify-only read everything: {job}"
+    );
+}

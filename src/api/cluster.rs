@@ -219,6 +219,11 @@ pub struct PgView {
     pub state: PgStatus,
     /// Map epoch in which the acting set last changed.
     pub since_epoch: u64,
+    /// The acting set is transitional: data is moving to the up set's members while the
+    /// primary that served and the members being replaced keep serving; the PG settles once
+    /// its primary reports every member in sync.
+    #[serde(default)]
+    pub pending: bool,
     /// Chunks recovery or backfill still has to copy to its members.
     #[serde(default)]
     pub remaining_objects: u64,
@@ -250,6 +255,7 @@ impl PgView {
                     up: pg.up().iter().map(PgMemberView::from).collect(),
                     state,
                     since_epoch: pg.since().0,
+                    pending: pg.is_pending(),
                     remaining_objects,
                     remaining_bytes,
                     reported: pg.primary().is_some_and(|p| reports.answered(p.node)),

@@ -223,8 +223,7 @@ impl From<&MetaError> for ProblemType {
             MetaError::AlreadyInitialized { .. } => P::AlreadyInitialized,
             MetaError::InvalidClusterParams { .. }
             | MetaError::InvalidNode { .. }
-            | MetaError::InvalidTokenName { .. }
-            | MetaError::PgNotFound { .. } => P::InvalidParameter,
+            | MetaError::InvalidTokenName { .. } => P::InvalidParameter,
             MetaError::NodeNotFound { .. } => P::NodeNotFound,
             MetaError::DriveInUse { .. } => P::DriveInUse,
             MetaError::NotEnoughNodes { .. } => P::NotEnoughNodes,

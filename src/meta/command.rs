@@ -10,6 +10,9 @@ use crate::placement::PoolId;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Most PG reports one `SettlePgs` command carries.
+pub const SETTLE_BATCH_MAX: usize = 4096;
+
 /// One log entry: when it was proposed and what it does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
@@ -78,15 +81,12 @@ pub enum CommandKind {
         /// An operator drained it (the failure detector will not bring it back).
         by_operator: bool,
     },
-    /// Ends a PG's transitional acting set (`PlacementMap::settle`): its primary reports every
-    /// acting member in sync under the placement that changed at `since`.
-    SettlePg {
-        /// The PG's pool.
-        pool: PoolId,
-        /// The PG.
-        pg: PgId,
-        /// The epoch the reported placement changed in (a report about an older one is stale).
-        since: Epoch,
+    /// Ends PGs' transitional acting sets (`PlacementMap::settle_all`), in one map change:
+    /// each PG's primary reported every acting member in sync under the placement that changed
+    /// at `since` (a report about an older placement is stale and skipped).
+    SettlePgs {
+        /// (pool, PG, `since`) of each report; at most `SETTLE_BATCH_MAX`.
+        pgs: Vec<(PoolId, PgId, Epoch)>,
     },
     /// Creates a volume.
     CreateVolume {
@@ -150,9 +150,7 @@ impl fmt::Display for CommandKind {
                 let who = if *by_operator { "operator" } else { "detector" };
                 write!(f, "mark-node-out {node} by {who}")
             }
-            CommandKind::SettlePg { pool, pg, since } => {
-                write!(f, "settle-pg {pool}/{} since {since}", pg.0)
-            }
+            CommandKind::SettlePgs { pgs } => write!(f, "settle-pgs ({} PGs)", pgs.len()),
             CommandKind::CreateVolume {
                 name, size_bytes, ..
             } => write!(f, "create-volume {name:?} {size_bytes} bytes"),

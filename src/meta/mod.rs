@@ -25,7 +25,7 @@ mod volumes;
 #[cfg(test)]
 mod tests;
 
-pub use command::{Command, CommandKind};
+pub use command::{Command, CommandKind, SETTLE_BATCH_MAX};
 pub use detector::{FailureDetector, Proposal, Verdict};
 pub use idempotency::{
     IDEMPOTENCY_KEY_LENGTH_MAX, IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_RETENTION_MS, IdempotencyStore,

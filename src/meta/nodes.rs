@@ -9,6 +9,7 @@
 //! its replicas are reassigned, survivors stay in place; up from out → it counts as a changed
 //! node and takes back the PGs the placement computes for it (backfilled by recovery).
 
+use super::command::SETTLE_BATCH_MAX;
 use super::outcome::{CommandResult, MetaError, Outcome};
 use super::state::MetaState;
 use super::types::{ClusterInfo, DriveInfo, NodeAddresses, NodeRecord, NodeRole, is_valid_name};
@@ -16,7 +17,7 @@ use crate::config::is_host_port;
 use crate::ids::{Epoch, NodeId, PgId};
 use crate::placement::{
     ClusterDescription, DRIVES_PER_NODE_MAX, DriveDescription, NODES_MAX, NodeDescription,
-    NodeState, PoolId, PoolSpec, SettleError, WEIGHT_MAX, ZONE_NAME_LENGTH_MAX, failure_domains,
+    NodeState, PoolId, PoolSpec, WEIGHT_MAX, ZONE_NAME_LENGTH_MAX, failure_domains,
 };
 use std::collections::BTreeMap;
 
@@ -177,24 +178,20 @@ impl MetaState {
         }
     }
 
-    /// Settles a PG's transitional acting set (see `PlacementMap::settle`).
-    pub(super) fn settle_pg(&mut self, pool: PoolId, pg: PgId, since: Epoch) -> CommandResult {
-        let description = describe(&self.nodes);
-        match self.map.settle(pool, pg, since, &description) {
-            Ok(update) => Ok(Outcome::PgSettled {
-                changed: update.changed_pgs > 0,
-                epoch: self.map.epoch(),
-            }),
-            Err(SettleError::NoSuchPg { pool, pg }) => Err(MetaError::PgNotFound {
-                pool: pool.0,
-                pg: pg.0,
-            }),
-            Err(SettleError::Placement(e)) => Err(e.into()),
-            Err(SettleError::Stale { .. } | SettleError::WouldDropCopy) => Ok(Outcome::PgSettled {
-                changed: false,
-                epoch: self.map.epoch(),
-            }),
+    /// Settles the PGs whose primaries reported every member in sync (see
+    /// `PlacementMap::settle_all`); stale reports are skipped.
+    pub(super) fn settle_pgs(&mut self, pgs: &[(PoolId, PgId, Epoch)]) -> CommandResult {
+        if pgs.len() > SETTLE_BATCH_MAX {
+            return Err(MetaError::CommandTooLarge {
+                reason: format!("{} PG reports (most {SETTLE_BATCH_MAX})", pgs.len()),
+            });
         }
+        let description = describe(&self.nodes);
+        let update = self.map.settle_all(pgs, &description)?;
+        Ok(Outcome::PgsSettled {
+            settled: u32::try_from(update.changed_pgs).unwrap_or(u32::MAX),
+            epoch: self.map.epoch(),
+        })
     }
 
     /// Moves a node to `state` and the map with it, or refuses and changes nothing.

@@ -33,11 +33,11 @@ pub enum Outcome {
         /// The placement map's epoch now.
         epoch: Epoch,
     },
-    /// `SettlePg`: whether the PG's acting set changed, and the map epoch afterwards. A stale
-    /// report, or one that would drop a copy, changes nothing.
-    PgSettled {
-        /// Whether the map changed.
-        changed: bool,
+    /// `SettlePgs`: how many PGs settled (stale reports, and ones that would drop a copy,
+    /// change nothing), and the map epoch afterwards.
+    PgsSettled {
+        /// PGs whose acting set changed.
+        settled: u32,
         /// The placement map's epoch now.
         epoch: Epoch,
     },
@@ -119,14 +119,6 @@ pub enum MetaError {
         replicas: u8,
         /// Eligible nodes (not out, with drives) after the change.
         available: usize,
-    },
-    /// No such pool or PG.
-    #[error("pg {pg} of pool {pool} does not exist")]
-    PgNotFound {
-        /// The pool's id.
-        pool: u32,
-        /// The PG's id.
-        pg: u32,
     },
     /// Placement refused the cluster description (a bug or a limit).
     #[error("placement: {0}")]

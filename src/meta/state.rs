@@ -76,7 +76,7 @@ impl MetaState {
             CommandKind::MarkNodeDown { node } => self.mark_down(*node),
             CommandKind::MarkNodeUp { node } => self.mark_up(*node),
             CommandKind::MarkNodeOut { node, by_operator } => self.mark_out(*node, *by_operator),
-            CommandKind::SettlePg { pool, pg, since } => self.settle_pg(*pool, *pg, *since),
+            CommandKind::SettlePgs { pgs } => self.settle_pgs(pgs),
             CommandKind::CreateVolume {
                 name,
                 size_bytes,

@@ -309,7 +309,7 @@ impl PlacementMap {
     /// the placement that changed at `since`; a report about an older placement is stale (the
     /// members changed since, and the primary will report again). Refused while the settled set
     /// would hold fewer members than both `replicas` and the current acting set (a new member
-    /// went down again): settling then would drop a copy.
+    /// went down again): settling then would drop a copy. See [`Self::settle_all`] for many.
     pub fn settle(
         &mut self,
         pool: PoolId,
@@ -319,11 +319,39 @@ impl PlacementMap {
     ) -> Result<MapUpdate, SettleError> {
         let prepared = Prepared::new(cluster).map_err(SettleError::Placement)?;
         let epoch = self.next_epoch();
-        let unchanged = MapUpdate {
-            epoch: self.epoch,
-            changed_pgs: 0,
-            moved_replicas: 0,
-        };
+        let changed = self.settle_one(&prepared, epoch, pool, pg, since)?;
+        Ok(self.commit_settled(epoch, usize::from(changed)))
+    }
+
+    /// Settles every PG of `reports` (pool, PG, `since`) that [`Self::settle`] would, in one new
+    /// epoch: primaries report in bursts (a node joining moves hundreds of PGs), and one map
+    /// change per PG would make every node re-process the map that many times. Reports that
+    /// would be refused are skipped; the count of settled PGs is in the result.
+    pub fn settle_all(
+        &mut self,
+        reports: &[(PoolId, PgId, Epoch)],
+        cluster: &ClusterDescription,
+    ) -> Result<MapUpdate, PlacementError> {
+        let prepared = Prepared::new(cluster)?;
+        let epoch = self.next_epoch();
+        let mut changed = 0;
+        for (pool, pg, since) in reports {
+            if let Ok(true) = self.settle_one(&prepared, epoch, *pool, *pg, *since) {
+                changed += 1;
+            }
+        }
+        Ok(self.commit_settled(epoch, changed))
+    }
+
+    /// Settles one PG into `epoch` (not yet committed); true if it changed.
+    fn settle_one(
+        &mut self,
+        prepared: &Prepared,
+        epoch: Epoch,
+        pool: PoolId,
+        pg: PgId,
+        since: Epoch,
+    ) -> Result<bool, SettleError> {
         let pool = self
             .pools
             .iter_mut()
@@ -343,21 +371,27 @@ impl PlacementMap {
             });
         }
         if !placement.pending {
-            return Ok(unchanged);
+            return Ok(false);
         }
-        let settled = PgPlacement::new(placement.up.clone(), &prepared, epoch);
-        let short = settled.acting.len() < replicas.min(placement.acting.len());
-        if short {
+        let settled = PgPlacement::new(placement.up.clone(), prepared, epoch);
+        if settled.acting.len() < replicas.min(placement.acting.len()) {
             return Err(SettleError::WouldDropCopy);
         }
         *placement = settled;
-        self.epoch = epoch;
+        Ok(true)
+    }
+
+    /// Moves the map to `epoch` if `changed` PGs settled into it.
+    fn commit_settled(&mut self, epoch: Epoch, changed: usize) -> MapUpdate {
+        if changed > 0 {
+            self.epoch = epoch;
+        }
         debug_assert!(self.check_invariants().is_ok());
-        Ok(MapUpdate {
-            epoch,
-            changed_pgs: 1,
+        MapUpdate {
+            epoch: self.epoch,
+            changed_pgs: changed,
             moved_replicas: 0,
-        })
+        }
     }
 
     /// Computes every pool (and `new_pool`) before modifying anything, then commits.

@@ -22,8 +22,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use basalt::config::NodeConfig;
-use basalt::ids::{ClusterId, DriveId, NodeId};
-use basalt::meta::{Command, CommandKind, CommandResult, FailureDetector, MetaState, NodeRole};
+use basalt::ids::{ClusterId, DriveId, Epoch, NodeId, PgId};
+use basalt::meta::{
+    Command, CommandKind, CommandResult, FailureDetector, MetaState, NodeRole, SETTLE_BATCH_MAX,
+};
+use basalt::placement::PoolId;
 use basalt::wire::{ControlKind, Features, HandshakeConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -254,40 +257,60 @@ fn lease_duration(config: &NodeConfig) -> std::time::Duration {
 /// Reports the replication engines may queue before the oldest are dropped.
 const META_REPORTS_QUEUED_MAX: usize = 256;
 
-/// Acts on the replication engines' reports. PGs ready to settle are proposed as `SettlePg`
-/// (the engine repeats the report while it holds, so a lost proposal only costs time).
-/// Failure reports are logged: marking nodes down is left to the leader's heartbeat-based
-/// failure detector, since a replica that times out on one primary may be healthy (the
-/// reporter may be the one cut off), and dropping a healthy member costs a recovery, so one
-/// report is not evidence enough.
+/// How long settle reports are gathered into one `SettlePgs` proposal: a node joining or
+/// draining makes hundreds of PGs ready within moments, and one map change per PG would make
+/// every node re-process the map that many times.
+const SETTLE_GATHER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Acts on the replication engines' reports. PGs ready to settle are gathered for
+/// [`SETTLE_GATHER`] and proposed as one `SettlePgs` (the engines repeat their reports while
+/// they hold, so a lost proposal only costs time). Failure reports are logged: marking nodes
+/// down is left to the leader's heartbeat-based failure detector, since a replica that times
+/// out on one primary may be healthy (the reporter may be the one cut off), and dropping a
+/// healthy member costs a recovery, so one report is not evidence enough.
 async fn forward_meta_reports(
     shared: Arc<NodeShared>,
     mut reports: tokio::sync::mpsc::Receiver<MetaReport>,
     cancel: CancellationToken,
 ) {
+    let mut settles: Vec<(PoolId, PgId, Epoch)> = Vec::new();
+    let mut propose_at: Option<tokio::time::Instant> = None;
     loop {
-        let report = tokio::select! {
+        let gathered = async move {
+            match propose_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
             () = cancel.cancelled() => return,
+            () = gathered => {
+                propose_at = None;
+                settles.sort_unstable();
+                settles.dedup();
+                for batch in settles.chunks(SETTLE_BATCH_MAX) {
+                    propose_settles(&shared, batch.to_vec()).await;
+                }
+                settles.clear();
+            }
             report = reports.recv() => match report {
-                Some(report) => report,
+                Some(MetaReport::Settle { pg, since }) => {
+                    settles.push((pg.pool, pg.pg, since));
+                    propose_at.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE_GATHER);
+                }
+                Some(report) => tracing::warn!(?report, "replication failure report"),
                 None => return,
             },
-        };
-        match report {
-            MetaReport::Settle { pg, since } => {
-                let kind = CommandKind::SettlePg {
-                    pool: pg.pool,
-                    pg: pg.pg,
-                    since,
-                };
-                match shared.propose(kind).await {
-                    Ok(Ok(outcome)) => tracing::info!(%pg, %since, ?outcome, "settle proposed"),
-                    Ok(Err(e)) => tracing::warn!(%pg, %since, error = %e, "settle refused"),
-                    Err(e) => tracing::warn!(%pg, %since, error = %e, "settle not proposed"),
-                }
-            }
-            report => tracing::warn!(?report, "replication failure report"),
         }
+    }
+}
+
+async fn propose_settles(shared: &NodeShared, pgs: Vec<(PoolId, PgId, Epoch)>) {
+    let count = pgs.len();
+    match shared.propose(CommandKind::SettlePgs { pgs }).await {
+        Ok(Ok(outcome)) => tracing::info!(reported = count, ?outcome, "settle proposed"),
+        Ok(Err(e)) => tracing::warn!(reported = count, error = %e, "settle refused"),
+        Err(e) => tracing::warn!(reported = count, error = %e, "settle not proposed"),
     }
 }
 

@@ -136,7 +136,10 @@ enum NodeCmd {
         /// Node id.
         id: u64,
     },
-    /// Marks a node out (drains it): its replicas move to other nodes.
+    /// Drains a node (also `drain`): its replicas are rebuilt on other nodes while it keeps
+    /// serving them, and it leaves each PG once the new members are in sync. A node that is
+    /// down is marked out at once.
+    #[command(alias = "drain")]
     Out {
         /// Node id.
         id: u64,

@@ -84,9 +84,13 @@ pub(super) fn acting_nodes(state: &MetaState, replicas: u8) -> Vec<Vec<NodeId>> 
         .collect()
 }
 
-/// Applies `SettlePg` for every pending PG (as their primaries would); returns how many.
+/// Applies one `SettlePgs` for every pending PG (as their primaries would); returns how many.
 pub(super) fn settle_all(state: &mut MetaState, now: u64) -> usize {
-    let pending: Vec<CommandKind> = state
+    let pgs: Vec<(
+        crate::placement::PoolId,
+        crate::ids::PgId,
+        crate::ids::Epoch,
+    )> = state
         .map()
         .pools()
         .iter()
@@ -94,22 +98,20 @@ pub(super) fn settle_all(state: &mut MetaState, now: u64) -> usize {
             (0u32..)
                 .zip(pool.pgs())
                 .filter(|(_, pg)| pg.is_pending())
-                .map(|(index, pg)| CommandKind::SettlePg {
-                    pool: pool.spec().id,
-                    pg: crate::ids::PgId(index),
-                    since: pg.since(),
-                })
+                .map(|(index, pg)| (pool.spec().id, crate::ids::PgId(index), pg.since()))
         })
         .collect();
-    for kind in &pending {
-        let outcome = run(state, now, kind.clone());
-        assert!(
-            matches!(outcome, Ok(Outcome::PgSettled { changed: true, .. })),
-            "{outcome:?}"
-        );
+    if pgs.is_empty() {
+        return 0;
     }
+    let count = pgs.len();
+    let outcome = run(state, now, CommandKind::SettlePgs { pgs });
+    assert!(
+        matches!(outcome, Ok(Outcome::PgsSettled { settled, .. }) if settled as usize == count),
+        "{outcome:?}"
+    );
     state.check_invariants().unwrap();
-    pending.len()
+    count
 }
 
 pub(super) fn node_state(state: &MetaState, node: u64) -> NodeState {

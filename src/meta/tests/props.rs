@@ -75,10 +75,19 @@ fn command_kind() -> impl Strategy<Value = CommandKind> {
         2 => node_id().prop_map(|node| CommandKind::MarkNodeUp { node }),
         2 => (node_id(), any::<bool>())
             .prop_map(|(node, by_operator)| CommandKind::MarkNodeOut { node, by_operator }),
-        3 => (0u32..3, 0u32..16, 0u64..24).prop_map(|(pool, pg, since)| CommandKind::SettlePg {
-            pool: crate::placement::PoolId(pool),
-            pg: crate::ids::PgId(pg),
-            since: crate::ids::Epoch(since),
+        3 => prop::collection::vec((0u32..3, 0u32..16, 0u64..24), 0..6).prop_map(|pgs| {
+            CommandKind::SettlePgs {
+                pgs: pgs
+                    .into_iter()
+                    .map(|(pool, pg, since)| {
+                        (
+                            crate::placement::PoolId(pool),
+                            crate::ids::PgId(pg),
+                            crate::ids::Epoch(since),
+                        )
+                    })
+                    .collect(),
+            }
         }),
         4 => (name(), size(), prop::option::of(0u8..7), key).prop_map(
             |(name, size_bytes, replicas, idempotency_key)| CommandKind::CreateVolume {
