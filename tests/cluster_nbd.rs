@@ -606,42 +606,10 @@ fn fio_verify_survives_nodes_killed_under_load() {
         32
     };
     let (mut cluster, uri1) = kill_test_cluster(size_mib);
-    let args: Vec<String> = vec![
-        "--name=killverify".into(),
-        "--ioengine=nbd".into(),
-        format!("--uri={uri1}"),
-        "--rw=randwrite".into(),
-        "--bs=4k".into(),
-        "--iodepth=16".into(),
-        format!("--size={size_mib}m"),
-        "--rate_iops=150".into(),
-        "--verify=crc32c".into(),
-        "--verify_backlog=256".into(),
-        "--verify_fatal=1".into(),
-        "--verify_state_save=0".into(),
-        "--do_verify=1".into(),
-        "--output-format=json".into(),
-    ];
-    let fio_timeout = Duration::from_secs(240 + soak_secs * 2);
-    let fio = {
-        let args = args.clone();
-        std::thread::spawn(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run_unchecked("fio", &args, fio_timeout)
-        })
-    };
+    let args = verify_job_args("killverify", &uri1, size_mib);
+    let fio = spawn_fio(&args, Duration::from_secs(240 + soak_secs * 2));
     let kills = kill_nodes_until(&mut cluster, &fio, soak_secs);
-    let output = fio.join().expect("fio thread");
-    let out = text(&output.stdout);
-    assert!(
-        output.status.success(),
-        "fio failed ({}):\n{out}\n{}\n{}",
-        output.status,
-        text(&output.stderr),
-        cluster.logs()
-    );
-    let job = json(&output)["jobs"][0].clone();
-    assert_eq!(job["error"], 0, "{job}\n{}", cluster.logs());
+    assert_fio_clean(&cluster, fio);
     eprintln!("{kills} kills during the job");
     assert!(kills >= 2, "the job ended before the faults ran");
 
@@ -653,10 +621,60 @@ fn fio_verify_survives_nodes_killed_under_load() {
     }
     wait_ready(&cluster, 1, 3);
     wait_export(&cluster, &uri1);
+    assert_verify_only(&cluster, &args, size_mib);
+}
+
+/// A rate-limited fio verify job (nbd engine, 4 KiB random writes, iodepth 16, crc32c with
+/// `verify_backlog`): about 150 writes/s, so `size_mib` sets its length.
+fn verify_job_args(name: &str, uri: &str, size_mib: u64) -> Vec<String> {
+    vec![
+        format!("--name={name}"),
+        "--ioengine=nbd".into(),
+        format!("--uri={uri}"),
+        "--rw=randwrite".into(),
+        "--bs=4k".into(),
+        "--iodepth=16".into(),
+        format!("--size={size_mib}m"),
+        "--rate_iops=150".into(),
+        "--verify=crc32c".into(),
+        "--verify_backlog=256".into(),
+        "--verify_fatal=1".into(),
+        "--verify_state_save=0".into(),
+        "--do_verify=1".into(),
+        "--output-format=json".into(),
+    ]
+}
+
+/// Runs fio with `args` on a thread (bounded by `timeout`).
+fn spawn_fio(args: &[String], timeout: Duration) -> std::thread::JoinHandle<Output> {
+    let args = args.to_vec();
+    std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_unchecked("fio", &args, timeout)
+    })
+}
+
+/// Asserts the fio job ended without an error.
+fn assert_fio_clean(cluster: &TestCluster, fio: std::thread::JoinHandle<Output>) {
+    let output = fio.join().expect("fio thread");
+    let out = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "fio failed ({}):\n{out}\n{}\n{}",
+        output.status,
+        text(&output.stderr),
+        cluster.logs()
+    );
+    let job = json(&output)["jobs"][0].clone();
+    assert_eq!(job["error"], 0, "{job}\n{}", cluster.logs());
+}
+
+/// A verify-only pass of the job `args` (unthrottled): every block written reads back right.
+fn assert_verify_only(cluster: &TestCluster, args: &[String], size_mib: u64) {
     let mut verify: Vec<&str> = args.iter().map(String::as_str).collect();
     verify.retain(|arg| !arg.starts_with("--rate_iops") && !arg.starts_with("--verify_backlog"));
     verify.push("--verify_only");
-    let report = json(&run(&cluster, "fio", &verify));
+    let report = json(&run(cluster, "fio", &verify));
     let job = report["jobs"][0].clone();
     assert_eq!(job["error"], 0, "verify-only pass: {job}");
     assert_eq!(
@@ -733,29 +751,8 @@ fn fio_verify_survives_growing_and_draining_under_load() {
     create_volume(&cluster, "grow", 64 * MIB);
     let uri1 = uri(&cluster, 1, "grow");
     wait_export(&cluster, &uri1);
-    let args: Vec<String> = vec![
-        "--name=growverify".into(),
-        "--ioengine=nbd".into(),
-        format!("--uri={uri1}"),
-        "--rw=randwrite".into(),
-        "--bs=4k".into(),
-        "--iodepth=16".into(),
-        "--size=48m".into(),
-        "--rate_iops=150".into(),
-        "--verify=crc32c".into(),
-        "--verify_backlog=256".into(),
-        "--verify_fatal=1".into(),
-        "--verify_state_save=0".into(),
-        "--do_verify=1".into(),
-        "--output-format=json".into(),
-    ];
-    let fio = {
-        let args = args.clone();
-        std::thread::spawn(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run_unchecked("fio", &args, Duration::from_secs(300))
-        })
-    };
+    let args = verify_job_args("growverify", &uri1, 48);
+    let fio = spawn_fio(&args, Duration::from_secs(300));
     std::thread::sleep(Duration::from_secs(5));
 
     // Grow: node 4 joins and takes its share; each PG settles once node 4 is level.
@@ -787,31 +784,11 @@ fn fio_verify_survives_growing_and_draining_under_load() {
     let drained_while_loaded = !fio.is_finished();
     cluster.stop(2);
 
-    let output = fio.join().expect("fio thread");
-    let out = text(&output.stdout);
-    assert!(
-        output.status.success(),
-        "fio failed ({}):\n{out}\n{}\n{}",
-        output.status,
-        text(&output.stderr),
-        cluster.logs()
-    );
-    let job = json(&output)["jobs"][0].clone();
-    assert_eq!(job["error"], 0, "{job}\n{}", cluster.logs());
+    assert_fio_clean(&cluster, fio);
     assert!(
         grown_while_loaded && drained_while_loaded,
         "the job ended before the cluster changed (grown {grown_while_loaded}, drained \
          {drained_while_loaded})"
     );
-    let mut verify: Vec<&str> = args.iter().map(String::as_str).collect();
-    verify.retain(|arg| !arg.starts_with("--rate_iops") && !arg.starts_with("--verify_backlog"));
-    verify.push("--verify_only");
-    let report = json(&run(&cluster, "fio", &verify));
-    let job = report["jobs"][0].clone();
-    assert_eq!(job["error"], 0, "verify-only pass: {job}");
-    assert_eq!(
-        job["read"]["io_bytes"],
-        48 * MIB,
-        "verify-only read everything: {job}"
-    );
+    assert_verify_only(&cluster, &args, 48);
 }
