@@ -523,21 +523,21 @@ fn degraded_writes_continue_then_fail_below_min_size() {
     assert!(!out.contains("wrote "), "not acknowledged:\n{out}");
 }
 
-/// The kill test's cluster (on 127.0.65.x, or `BASALT_SOAK_NET` so a soak run can go beside
-/// the test suite) with a volume for a job of `size_mib`; returns it and node 1's NBD URI.
-fn kill_test_cluster(size_mib: u64) -> (TestCluster, String) {
+/// A kill test's cluster (on 127.0.`default_net`.x, or `BASALT_SOAK_NET` so a soak run can go
+/// beside the test suite) with a volume for a job of `size_mib`; returns it and node 1's NBD URI.
+fn kill_test_cluster(size_mib: u64, default_net: u8) -> (TestCluster, String, VolumeView) {
     let net = std::env::var("BASALT_SOAK_NET")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(65);
+        .unwrap_or(default_net);
     let mut spec = ClusterSpec::new(net, 3);
     spec.drive_size_bytes = spec.drive_size_bytes.max(2 * size_mib * MIB + 128 * MIB);
     let cluster = TestCluster::start(&spec);
     wait_ready(&cluster, 1, 3);
-    create_volume(&cluster, "kill", (size_mib + 32) * MIB);
+    let volume = create_volume(&cluster, "kill", (size_mib + 32) * MIB);
     let uri1 = uri(&cluster, 1, "kill");
     wait_export(&cluster, &uri1);
-    (cluster, uri1)
+    (cluster, uri1, volume)
 }
 
 /// Seconds of the soak mode (`BASALT_SOAK_SECS`), 0 for the bounded CI run.
@@ -548,12 +548,53 @@ fn soak_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Kills node 2 or 3 (SIGKILL) every 10–20 s and starts it again after 1–6 s, until `job`
-/// ends (at most 4 kills, or one per 10 s of a soak). Returns how many kills happened.
+/// Which node a kill test kills.
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    /// Node 2 or 3 at random.
+    Random,
+    /// The primary of the PG holding most of the volume's chunks, among nodes 2 and 3 (node 1
+    /// carries the client's connection).
+    BusiestPrimary {
+        /// The volume's id.
+        volume: u64,
+        /// Its chunk count.
+        chunks: u64,
+    },
+}
+
+/// The primary (node 2 or 3) of the PG that holds the most chunks of `volume`.
+fn busiest_primary(cluster: &TestCluster, volume: u64, chunks: u64) -> Option<u8> {
+    let pgs = pg_views(cluster)?;
+    let pool: Vec<&basalt::api::PgView> = pgs.iter().filter(|pg| pg.pool == 3).collect();
+    let pg_count = u32::try_from(pool.len()).ok()?;
+    let mut load: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+    for chunk in 0..chunks {
+        *load
+            .entry(basalt::placement::pg_of(VolumeId(volume), chunk, pg_count).0)
+            .or_default() += 1;
+    }
+    let mut ranked: Vec<(u32, u64)> = load.into_iter().collect();
+    ranked.sort_by_key(|(pg, count)| (std::cmp::Reverse(*count), *pg));
+    ranked.iter().find_map(|(pg, _)| {
+        let primary = pool
+            .iter()
+            .find(|view| view.id == *pg)?
+            .acting
+            .first()?
+            .node;
+        u8::try_from(primary).ok().filter(|n| (2..=3).contains(n))
+    })
+}
+
+/// Kills a node (SIGKILL, `victim` says which) every 10–20 s and starts it again after 1–6 s,
+/// until `job` ends (at most 4 kills, or one per 10 s of a soak). Returns how many kills
+/// happened.
 fn kill_nodes_until<T>(
     cluster: &mut TestCluster,
     job: &std::thread::JoinHandle<T>,
     soak_secs: u64,
+    victim: Victim,
 ) -> u64 {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -576,7 +617,13 @@ fn kill_nodes_until<T>(
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let victim = 2 + (next(1000) % 2) as u8;
+        let random = 2 + (next(1000) % 2) as u8;
+        let victim = match victim {
+            Victim::Random => random,
+            Victim::BusiestPrimary { volume, chunks } => {
+                busiest_primary(cluster, volume, chunks).unwrap_or(random)
+            }
+        };
         let down = Duration::from_secs(1 + next(6));
         eprintln!("kill -9 node {victim}, restart after {down:?}");
         cluster.kill(victim);
@@ -598,6 +645,21 @@ fn kill_nodes_until<T>(
 /// soak mode (`BASALT_SOAK_SECS`).
 #[test]
 fn fio_verify_survives_nodes_killed_under_load() {
+    kill_test(65, |_| Victim::Random);
+}
+
+/// Goal: the kill test, with the primary of the busiest PG (the one holding most of the
+/// volume's chunks, on node 2 or 3) as the victim of every kill. Soak: filter `busiest`.
+#[test]
+fn fio_verify_survives_busiest_primary_kills() {
+    kill_test(74, |volume| Victim::BusiestPrimary {
+        volume: volume.id,
+        chunks: volume.size_bytes.div_ceil(CHUNK),
+    });
+}
+
+/// The kill test on net `net` (see `fio_verify_survives_nodes_killed_under_load`).
+fn kill_test(net: u8, victim: impl Fn(&VolumeView) -> Victim) {
     let soak_secs = soak_secs();
     // 150 writes/s for 32 MiB is about 55 s; a soak run scales the size to its duration.
     let size_mib = if soak_secs > 0 {
@@ -605,10 +667,10 @@ fn fio_verify_survives_nodes_killed_under_load() {
     } else {
         32
     };
-    let (mut cluster, uri1) = kill_test_cluster(size_mib);
+    let (mut cluster, uri1, volume) = kill_test_cluster(size_mib, net);
     let args = verify_job_args("killverify", &uri1, size_mib);
     let fio = spawn_fio(&args, Duration::from_secs(240 + soak_secs * 2));
-    let kills = kill_nodes_until(&mut cluster, &fio, soak_secs);
+    let kills = kill_nodes_until(&mut cluster, &fio, soak_secs, victim(&volume));
     assert_fio_clean(&cluster, fio);
     eprintln!("{kills} kills during the job");
     assert!(kills >= 2, "the job ended before the faults ran");
