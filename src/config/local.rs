@@ -59,6 +59,7 @@ impl NodeConfig {
             },
             metrics: MetricsConfig::default(),
             scrub: super::ScrubConfig::default(),
+            recovery: super::RecoveryConfig::default(),
         };
         debug_assert!(config.meta.bootstrap != (n != 1));
         config

@@ -92,6 +92,35 @@ pub struct NodeConfig {
     /// Background checksum scrub of the PGs this node leads.
     #[serde(default)]
     pub scrub: ScrubConfig,
+    /// Recovery and backfill of the PGs this node leads.
+    #[serde(default)]
+    pub recovery: RecoveryConfig,
+}
+
+/// Default recovery copy rate of a node: well below a drive's and a 10 GbE link's, so client
+/// I/O keeps most of both while a returning or new member catches up.
+pub const RECOVERY_BYTES_PER_SEC_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// `[recovery]`: how fast this node's primaries copy chunks to members that returned, were
+/// added, or replace a drained node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryConfig {
+    /// Bytes per second all of this node's recovery copies share (0: unlimited).
+    #[serde(default = "default_recovery_rate")]
+    pub bytes_per_sec: Size,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self {
+            bytes_per_sec: default_recovery_rate(),
+        }
+    }
+}
+
+fn default_recovery_rate() -> Size {
+    Size(RECOVERY_BYTES_PER_SEC_DEFAULT)
 }
 
 /// Default scrub read rate of a node: a small share of a drive, so client I/O keeps the rest.

@@ -322,3 +322,16 @@ fn scrub_section_has_defaults_and_takes_units() {
     let error = with("[scrub]\ninterval = \"0s\"\n").unwrap_err();
     assert!(error.to_string().contains("scrub.interval"), "{error}");
 }
+
+/// Goal: `[recovery] bytes_per_sec` defaults to 256 MiB/s and takes sizes.
+#[test]
+fn recovery_rate_defaults_and_parses() {
+    let config = parse(&minimal()).unwrap();
+    assert_eq!(config.recovery.bytes_per_sec.bytes(), 256 << 20);
+    let config = parse(&minimal().replace(
+        "[security]",
+        "[recovery]\nbytes_per_sec = \"32MiB\"\n[security]",
+    ))
+    .unwrap();
+    assert_eq!(config.recovery.bytes_per_sec.bytes(), 32 << 20);
+}

@@ -12,9 +12,10 @@
 //! connection failures back off (doubling from [`GatewayConfig::retry_delay_min`], cut short
 //! when a newer map arrives) and re-route. Everything the gateway sends is idempotent (a block
 //! write of the same bytes, a trim, a zeroing, a read), so a request whose outcome is unknown
-//! is simply sent again. A request whose PG has fewer than `min_size` acting members never
-//! takes longer than [`GatewayConfig::request_timeout`] in total: then it fails with
-//! `VolumeError::Io` naming the last error. While the map gives the PG at least `min_size`
+//! is simply sent again. A request whose PG the map shows with fewer than `min_size` acting
+//! members fails with `VolumeError::Io` naming the last error once
+//! [`GatewayConfig::request_timeout`] has passed both since it started and since the PG was
+//! seen below `min_size`. While the map gives the PG at least `min_size`
 //! members the PG is only between primaries (failover, peering, a lease wait), so the request
 //! keeps retrying up to [`GatewayConfig::failover_timeout`]: the client sees a pause, not an
 //! error. A mutation that failed may still have been applied, as on a disk.

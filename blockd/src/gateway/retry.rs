@@ -81,9 +81,14 @@ pub(crate) struct RetryPolicy {
 /// When a piece gives up (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Deadlines {
-    /// While the PG has fewer than `min_size` acting members (it cannot serve).
+    /// While the PG has fewer than `min_size` acting members (it cannot serve): the request's
+    /// start plus `unavailable_for`, or, if the PG became unavailable later, that moment plus
+    /// `unavailable_for` (a brief dip below `min_size` late in a long failover does not fail
+    /// the request at once).
     pub(crate) unavailable: Instant,
-    /// While it has at least `min_size` (a failover or recovery pause): not before
+    /// How long a piece waits for a PG below `min_size`.
+    pub(crate) unavailable_for: Duration,
+    /// The latest a piece may finish in any case (a failover pause): not before
     /// `unavailable`.
     pub(crate) available: Instant,
 }
@@ -94,6 +99,8 @@ pub(crate) struct Retry {
     deadlines: Deadlines,
     /// The last routed map gave the piece's PG at least `min_size` acting members.
     available: bool,
+    /// Since when the routed maps have shown the PG below `min_size` (if they do).
+    unavailable_since: Option<Instant>,
     delay: Duration,
     policy: RetryPolicy,
     attempts: u32,
@@ -107,6 +114,7 @@ impl Retry {
         Retry {
             deadlines,
             available: false,
+            unavailable_since: None,
             delay: policy.delay_min,
             policy,
             attempts: 0,
@@ -114,18 +122,28 @@ impl Retry {
         }
     }
 
-    /// Records whether the map the next attempt is routed by gives the PG at least
+    /// Records whether the map the next attempt is routed by (at `now`) gives the PG at least
     /// `min_size` acting members.
-    pub(crate) fn set_available(&mut self, available: bool) {
+    pub(crate) fn set_available(&mut self, now: Instant, available: bool) {
         self.available = available;
+        if available {
+            self.unavailable_since = None;
+        } else {
+            self.unavailable_since.get_or_insert(now);
+        }
     }
 
     /// The deadline that applies now.
     fn deadline(&self) -> Instant {
-        if self.available {
-            self.deadlines.available.max(self.deadlines.unavailable)
-        } else {
-            self.deadlines.unavailable
+        let latest = self.deadlines.available.max(self.deadlines.unavailable);
+        match self.unavailable_since {
+            _ if self.available => latest,
+            Some(since) => latest.min(
+                self.deadlines
+                    .unavailable
+                    .max(since + self.deadlines.unavailable_for),
+            ),
+            None => self.deadlines.unavailable,
         }
     }
 
@@ -238,6 +256,7 @@ mod tests {
     fn only(deadline: Instant) -> Deadlines {
         Deadlines {
             unavailable: deadline,
+            unavailable_for: Duration::ZERO,
             available: deadline,
         }
     }
@@ -250,21 +269,26 @@ mod tests {
         let start = Instant::now();
         let deadlines = Deadlines {
             unavailable: start + Duration::from_secs(1),
+            unavailable_for: Duration::from_secs(1),
             available: start + Duration::from_secs(10),
         };
         let mut retry = Retry::new(deadlines, POLICY);
         let later = start + Duration::from_secs(2);
         assert!(retry.expired(later).is_some(), "unavailable until told");
-        retry.set_available(true);
+        retry.set_available(later, true);
         assert!(retry.expired(later).is_none());
         assert!(matches!(
             retry.handle(later, Epoch(1), reply(Status::NotPrimary, 1)),
             Next::Backoff { .. }
         ));
         assert_eq!(retry.remaining(later), Duration::from_secs(8));
-        retry.set_available(false);
+        // The PG drops below min_size at 2 s: the piece waits `unavailable_for` from then.
+        retry.set_available(later, false);
+        assert_eq!(retry.remaining(later), Duration::from_secs(1));
+        let after = later + Duration::from_millis(1500);
+        retry.set_available(after, false);
         assert!(matches!(
-            retry.handle(later, Epoch(1), reply(Status::NotPrimary, 1)),
+            retry.handle(after, Epoch(1), reply(Status::NotPrimary, 1)),
             Next::Fail(VolumeError::Io(_))
         ));
     }

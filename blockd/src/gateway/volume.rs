@@ -302,7 +302,7 @@ impl Inner {
         loop {
             let now = Instant::now();
             let view = self.maps.current();
-            retry.set_available(job.available(&view, &volume.spec));
+            retry.set_available(now, job.available(&view, &volume.spec));
             if let Some(error) = retry.expired(now) {
                 return Err(self.failed(&volume, &job, error));
             }
@@ -591,6 +591,7 @@ impl GatewayVolume {
         let config = &self.gateway.config;
         let deadline = Deadlines {
             unavailable: now + config.request_timeout,
+            unavailable_for: config.request_timeout,
             available: now + config.failover_timeout,
         };
         let view = self.gateway.maps.current();

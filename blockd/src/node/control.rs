@@ -90,7 +90,7 @@ pub struct HeartbeatReply {
     /// The leader's map epoch: a node whose own map is older gets no lease until it caught up
     /// (it may still act on a map in which it leads PGs it no longer leads).
     pub epoch: basalt::ids::Epoch,
-    /// Whether the metadata state has the node up.
+    /// Whether the metadata state has the node serving (up, or draining).
     pub up: bool,
 }
 
@@ -189,7 +189,7 @@ impl ControlHandler for HeartbeatHandler {
                 epoch: state.epoch(),
                 up: state
                     .node(peer)
-                    .is_some_and(|record| record.state == basalt::placement::NodeState::Up),
+                    .is_some_and(|record| record.state.is_serving()),
             };
             Ok(encode(&reply))
         })

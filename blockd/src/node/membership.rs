@@ -182,10 +182,15 @@ async fn register(shared: &NodeShared) {
     }
 }
 
-/// Sends a heartbeat to the current leader every `meta.heartbeat_interval`.
+/// Sends a heartbeat to the current leader every `meta.heartbeat_interval`, over a connection
+/// of its own: on the shared peer connection a heartbeat would queue behind recovery copies and
+/// replicated writes, and a node busy moving data would be marked down for it. Each beat is
+/// bounded by the interval; a failed one drops the connection (the next beat reconnects).
 async fn heartbeat_loop(shared: &NodeShared) {
-    let mut ticker = tokio::time::interval(shared.config.meta.heartbeat_interval);
+    let interval = shared.config.meta.heartbeat_interval;
+    let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut channel: Option<(u64, PeerClient)> = None;
     loop {
         ticker.tick().await;
         let Some((leader, addr)) = shared.meta.leader() else {
@@ -193,40 +198,75 @@ async fn heartbeat_loop(shared: &NodeShared) {
         };
         let sent = std::time::Instant::now();
         if leader == shared.node_id.0 {
+            channel = None;
             shared.record_heartbeat(shared.node_id);
             // A leader cut off from the other voters still believes it leads: its lease
             // needs a quorum's confirmation, like a follower's needs the leader's answer.
-            let bound = shared.config.meta.heartbeat_interval;
-            if !shared.meta.confirm_leadership(bound).await {
+            if !shared.meta.confirm_leadership(interval).await {
                 tracing::debug!("leadership not confirmed by a quorum: lease not extended");
                 continue;
             }
             let state = shared.meta.read_state();
             let up = state
                 .node(shared.node_id)
-                .is_some_and(|record| record.state == basalt::placement::NodeState::Up);
+                .is_some_and(|record| record.state.is_serving());
             shared.extend_lease(sent, state.epoch(), up);
             continue;
         }
-        let node = NodeId(leader);
         if let Ok(addr) = addr.parse::<SocketAddr>()
-            && shared.peers.address(node) != Some(addr)
+            && shared.peers.address(NodeId(leader)) != Some(addr)
         {
-            shared.peers.set_address(node, addr);
+            // Others (forwarded proposals) reach the leader through the shared pool.
+            shared.peers.set_address(NodeId(leader), addr);
         }
+        if channel.as_ref().is_none_or(|(to, _)| *to != leader) {
+            channel = connect_heartbeats(shared, leader, &addr, interval).await;
+        }
+        let Some((_, client)) = &channel else {
+            continue;
+        };
         let body = control::encode(&Heartbeat {
             node: shared.node_id,
         });
-        match shared
-            .peers
-            .call_control(node, ControlKind::HEARTBEAT, META_CONTROL_VERSION, body)
-            .await
-        {
-            Ok(reply) => match postcard::from_bytes::<HeartbeatReply>(&reply) {
+        let call = client.call_control(ControlKind::HEARTBEAT, META_CONTROL_VERSION, body);
+        match tokio::time::timeout(interval * 2, call).await {
+            Ok(Ok(reply)) => match postcard::from_bytes::<HeartbeatReply>(&reply) {
                 Ok(reply) => shared.extend_lease(sent, reply.epoch, reply.up),
                 Err(e) => tracing::debug!(leader, error = %e, "heartbeat reply undecodable"),
             },
-            Err(e) => tracing::debug!(leader, error = %e, "heartbeat not delivered"),
+            Ok(Err(e)) => {
+                tracing::debug!(leader, error = %e, "heartbeat not delivered");
+                channel = None;
+            }
+            Err(_) => {
+                tracing::debug!(leader, "heartbeat unanswered in time");
+                channel = None;
+            }
+        }
+    }
+}
+
+/// A connection of the heartbeat loop's own to `leader` at `addr` (bounded by `bound`).
+async fn connect_heartbeats(
+    shared: &NodeShared,
+    leader: u64,
+    addr: &str,
+    bound: Duration,
+) -> Option<(u64, PeerClient)> {
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        tracing::debug!(leader, addr, "leader address unparsable");
+        return None;
+    };
+    let connect = PeerClient::connect(&shared.peer_config, addr, Some(NodeId(leader)));
+    match tokio::time::timeout(bound * 2, connect).await {
+        Ok(Ok(client)) => Some((leader, client)),
+        Ok(Err(e)) => {
+            tracing::debug!(leader, error = %e, "heartbeat connection failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(leader, "heartbeat connection timed out");
+            None
         }
     }
 }

@@ -231,6 +231,7 @@ async fn start_replication(
     config.leases = Some(shared.lease.subscribe());
     config.stats = Arc::clone(&shared.replication_stats);
     config.limits.lease_wait = lease_duration(&shared.config);
+    config.recovery_bytes_per_sec = shared.config.recovery.bytes_per_sec.bytes();
     config.scrub = crate::replication::ScrubSettings {
         enabled: shared.config.scrub.enabled,
         bytes_per_sec: shared.config.scrub.bytes_per_sec.bytes(),

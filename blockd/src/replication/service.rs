@@ -87,9 +87,8 @@ pub struct ReplicationConfig {
     pub scrub: ScrubSettings,
 }
 
-/// Default recovery bandwidth of a node: well below a drive's and a 10 GbE link's, so client
-/// I/O keeps most of both while a returning member catches up.
-pub const RECOVERY_BYTES_PER_SEC_DEFAULT: u64 = 256 * 1024 * 1024;
+/// Default recovery bandwidth of a node (the config's `[recovery] bytes_per_sec`).
+pub const RECOVERY_BYTES_PER_SEC_DEFAULT: u64 = basalt::config::RECOVERY_BYTES_PER_SEC_DEFAULT;
 
 impl ReplicationConfig {
     /// Defaults for `node`.
