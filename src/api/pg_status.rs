@@ -196,6 +196,13 @@ pub fn pg_state_of(
 /// Most PGs one `GET /v1/pgs` answer lists (also the default page size).
 pub const PG_LIST_LIMIT_MAX: u64 = 4096;
 
+/// Largest `offset` of `GET /v1/pgs`: the most PGs a map can hold (every pool at the largest
+/// PG count).
+pub const PG_LIST_OFFSET_MAX: u64 =
+    crate::placement::POOLS_MAX as u64 * crate::placement::PG_COUNT_MAX as u64;
+// The OpenAPI bound of `offset` is written out (an attribute needs a literal).
+const _: () = assert!(PG_LIST_OFFSET_MAX == 1_048_576);
+
 /// Query of `GET /v1/pgs`: a state filter and a page.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -206,7 +213,7 @@ pub struct PgListQuery {
     pub state: Option<PgStatus>,
     /// Skip this many matching PGs (the previous page's `next_offset`).
     #[serde(default)]
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 1_048_576)]
     pub offset: Option<u64>,
     /// At most this many PGs (default and maximum 4096).
     #[serde(default)]
@@ -215,6 +222,20 @@ pub struct PgListQuery {
 }
 
 impl PgListQuery {
+    /// Why the query is refused (a parameter out of its documented range), if it is.
+    pub fn invalid(&self) -> Option<String> {
+        if self.limit == Some(0) || self.limit.is_some_and(|limit| limit > PG_LIST_LIMIT_MAX) {
+            return Some(format!("limit must be in 1..={PG_LIST_LIMIT_MAX}"));
+        }
+        if self
+            .offset
+            .is_some_and(|offset| offset > PG_LIST_OFFSET_MAX)
+        {
+            return Some(format!("offset must be in 0..={PG_LIST_OFFSET_MAX}"));
+        }
+        None
+    }
+
     /// The page size asked for, within `1..=PG_LIST_LIMIT_MAX`.
     pub fn limit(&self) -> u64 {
         self.limit
@@ -340,5 +361,29 @@ mod tests {
         assert_eq!(query(Some(0)).limit(), 1);
         assert_eq!(query(Some(10)).limit(), 10);
         assert_eq!(query(Some(u64::MAX)).limit(), PG_LIST_LIMIT_MAX);
+    }
+
+    /// Goal: out-of-range pages are refused with a reason; the documented bounds pass.
+    #[test]
+    fn page_bounds_are_checked() {
+        let query = |offset, limit| PgListQuery {
+            state: None,
+            offset,
+            limit,
+        };
+        assert!(query(None, None).invalid().is_none());
+        assert!(
+            query(Some(PG_LIST_OFFSET_MAX), Some(PG_LIST_LIMIT_MAX))
+                .invalid()
+                .is_none()
+        );
+        assert!(query(None, Some(0)).invalid().is_some());
+        assert!(query(None, Some(PG_LIST_LIMIT_MAX + 1)).invalid().is_some());
+        assert!(
+            query(Some(PG_LIST_OFFSET_MAX + 1), None)
+                .invalid()
+                .is_some()
+        );
+        assert!(query(Some(1 << 63), None).invalid().is_some());
     }
 }

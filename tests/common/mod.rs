@@ -573,9 +573,11 @@ impl TestCluster {
             let leader = self.leader(http)?;
             let ok = self.running().iter().all(|&n| {
                 self.status(http, n).is_some_and(|s| {
+                    // Health ok: every PG has peered once (a fresh cluster's PGs all peer).
                     s["cluster_id"].is_string()
                         && s["nodes"]["up"].as_u64() == Some(u64::from(up))
                         && s["nodes"]["down"].as_u64() == Some(0)
+                        && s["health"] == "ok"
                 })
             });
             ok.then_some(leader)

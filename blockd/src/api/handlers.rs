@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use basalt::api::{
     ClusterInitRequest, ClusterReports, ClusterStatus, ExportView, NbdEndpointView, NodeList,
-    NodeView, PG_LIST_LIMIT_MAX, PgList, PgListQuery, ProblemType, ScrubStartResponse, ScrubStatus,
+    NodeView, PgList, PgListQuery, ProblemType, ScrubStartResponse, ScrubStatus,
     VolumeCreateRequest, VolumeList, VolumeResizeRequest, VolumeView,
 };
 use basalt::ids::NodeId;
@@ -316,11 +316,8 @@ async fn list_pgs(
     State(app): State<AppState>,
     ApiQuery(query): ApiQuery<PgListQuery>,
 ) -> Result<Json<PgList>, ApiError> {
-    if query.limit == Some(0) || query.limit.is_some_and(|limit| limit > PG_LIST_LIMIT_MAX) {
-        return Err(ApiError::new(
-            ProblemType::InvalidParameter,
-            format!("limit must be in 1..={PG_LIST_LIMIT_MAX}"),
-        ));
+    if let Some(reason) = query.invalid() {
+        return Err(ApiError::new(ProblemType::InvalidParameter, reason));
     }
     let reports = app.cp.pg_reports().await;
     Ok(Json(PgList::query(&app.cp.state(), &reports, &query)))
