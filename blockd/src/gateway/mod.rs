@@ -78,7 +78,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             request_timeout: Duration::from_secs(30),
-            failover_timeout: Duration::from_secs(120),
+            failover_timeout: Duration::from_secs(60),
             attempt_timeout: Duration::from_secs(10),
             retry_delay_min: Duration::from_millis(5),
             retry_delay_max: Duration::from_secs(1),
