@@ -178,6 +178,14 @@ impl MetaState {
         }
     }
 
+    /// Whether settling the PG now would change the map (see `PlacementMap::would_settle`):
+    /// nodes propose only reports that would, so a PG whose new member is down does not turn
+    /// into an empty log entry every retry.
+    pub fn settle_would_change(&self, pool: PoolId, pg: PgId, since: Epoch) -> bool {
+        self.map
+            .would_settle(pool, pg, since, &describe(&self.nodes))
+    }
+
     /// Settles the PGs whose primaries reported every member in sync (see
     /// `PlacementMap::settle_all`); stale reports are skipped.
     pub(super) fn settle_pgs(&mut self, pgs: &[(PoolId, PgId, Epoch)]) -> CommandResult {

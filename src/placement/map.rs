@@ -343,6 +343,53 @@ impl PlacementMap {
         Ok(self.commit_settled(epoch, changed))
     }
 
+    /// Whether [`Self::settle`] would change the PG now: a report that would not (stale, not
+    /// pending, a new member down) need not be proposed.
+    pub fn would_settle(
+        &self,
+        pool: PoolId,
+        pg: PgId,
+        since: Epoch,
+        cluster: &ClusterDescription,
+    ) -> bool {
+        Prepared::new(cluster).is_ok_and(|prepared| {
+            matches!(
+                self.settled(&prepared, self.epoch, pool, pg, since),
+                Ok(Some(_))
+            )
+        })
+    }
+
+    /// The PG's settled placement in `epoch`, `None` if it is not pending.
+    fn settled(
+        &self,
+        prepared: &Prepared,
+        epoch: Epoch,
+        pool: PoolId,
+        pg: PgId,
+        since: Epoch,
+    ) -> Result<Option<PgPlacement>, SettleError> {
+        let pool = self.pool(pool).ok_or(SettleError::NoSuchPg { pool, pg })?;
+        let replicas = usize::from(pool.spec.replicas);
+        let placement = pool.pg(pg).ok_or(SettleError::NoSuchPg {
+            pool: pool.spec.id,
+            pg,
+        })?;
+        if placement.since != since {
+            return Err(SettleError::Stale {
+                since: placement.since,
+            });
+        }
+        if !placement.pending {
+            return Ok(None);
+        }
+        let settled = PgPlacement::new(placement.up.clone(), prepared, epoch);
+        if settled.acting.len() < replicas.min(placement.acting.len()) {
+            return Err(SettleError::WouldDropCopy);
+        }
+        Ok(Some(settled))
+    }
+
     /// Settles one PG into `epoch` (not yet committed); true if it changed.
     fn settle_one(
         &mut self,
@@ -352,32 +399,18 @@ impl PlacementMap {
         pg: PgId,
         since: Epoch,
     ) -> Result<bool, SettleError> {
-        let pool = self
+        let Some(settled) = self.settled(prepared, epoch, pool, pg, since)? else {
+            return Ok(false);
+        };
+        let slot = self
             .pools
             .iter_mut()
             .find(|p| p.spec.id == pool)
-            .ok_or(SettleError::NoSuchPg { pool, pg })?;
-        let replicas = usize::from(pool.spec.replicas);
-        let placement = pool
-            .pgs
-            .get_mut(pg.0 as usize)
-            .ok_or(SettleError::NoSuchPg {
-                pool: pool.spec.id,
-                pg,
-            })?;
-        if placement.since != since {
-            return Err(SettleError::Stale {
-                since: placement.since,
-            });
+            .and_then(|pool| pool.pgs.get_mut(pg.0 as usize));
+        debug_assert!(slot.is_some(), "settled() found the PG");
+        if let Some(slot) = slot {
+            *slot = settled;
         }
-        if !placement.pending {
-            return Ok(false);
-        }
-        let settled = PgPlacement::new(placement.up.clone(), prepared, epoch);
-        if settled.acting.len() < replicas.min(placement.acting.len()) {
-            return Err(SettleError::WouldDropCopy);
-        }
-        *placement = settled;
         Ok(true)
     }
 

@@ -488,6 +488,7 @@ fn settle_checks_its_report() {
     description.nodes[newcomer.0 as usize].state = NodeState::Down;
     map.update(&description).unwrap();
     let since = map.pools()[0].pgs()[index.0 as usize].since();
+    assert!(!map.would_settle(PoolId(0), index, since, &description));
     assert_eq!(
         map.settle(PoolId(0), index, since, &description),
         Err(SettleError::WouldDropCopy)
@@ -495,6 +496,8 @@ fn settle_checks_its_report() {
     description.nodes[newcomer.0 as usize].state = NodeState::Up;
     map.update(&description).unwrap();
     let since = map.pools()[0].pgs()[index.0 as usize].since();
+    assert!(!map.would_settle(PoolId(0), index, steady, &description), "stale");
+    assert!(map.would_settle(PoolId(0), index, since, &description));
     let settled = map.settle(PoolId(0), index, since, &description).unwrap();
     assert_eq!(settled.changed_pgs, 1);
     assert!(!map.pools()[0].pgs()[index.0 as usize].is_pending());

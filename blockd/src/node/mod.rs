@@ -289,6 +289,8 @@ async fn forward_meta_reports(
                 propose_at = None;
                 settles.sort_unstable();
                 settles.dedup();
+                let state = shared.meta.read_state();
+                settles.retain(|(pool, pg, since)| state.settle_would_change(*pool, *pg, *since));
                 for batch in settles.chunks(SETTLE_BATCH_MAX) {
                     propose_settles(&shared, batch.to_vec()).await;
                 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use basalt::api::{ClusterReports, NodePgReport};
 use basalt::ids::NodeId;
-use basalt::placement::NodeState;
 use basalt::wire::{Bytes, ControlKind, Status};
 
 use super::NodeShared;
@@ -81,7 +80,7 @@ pub async fn collect(shared: &NodeShared) -> ClusterReports {
     let up: Vec<NodeId> = state
         .nodes()
         .values()
-        .filter(|record| record.state == NodeState::Up)
+        .filter(|record| record.state.is_serving())
         .map(|record| {
             if shared.peers.address(record.id).is_none()
                 && let Ok(addr) = record.addresses.peer.parse()

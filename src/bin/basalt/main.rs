@@ -370,8 +370,11 @@ fn cluster_table(status: &ClusterStatus) -> Table {
         (
             "nodes",
             format!(
-                "{} up, {} down, {} out",
-                status.nodes.up, status.nodes.down, status.nodes.out
+                "{} up, {} down, {} out{}",
+                status.nodes.up,
+                status.nodes.down,
+                status.nodes.out,
+                watch::draining(status)
             ),
         ),
         ("pgs", watch::pg_counts(status)),

@@ -96,15 +96,26 @@ pub fn remaining(progress: &Progress) -> String {
     )
 }
 
+/// `", N draining"` when nodes are being drained, else empty (most clusters never drain).
+pub fn draining(status: &ClusterStatus) -> String {
+    match status.nodes.draining {
+        0 => String::new(),
+        n => format!(", {n} draining"),
+    }
+}
+
 /// The one-line form (no terminal): health, nodes, PGs, what is left and the percentage.
 pub fn line(status: &ClusterStatus, progress: &Progress) -> String {
     let mut text = format!(
-        "health={} epoch={} nodes={}up/{}down/{}out pgs=[{}] recovery={} done={:.0}%",
+        "health={} epoch={} nodes={}up/{}down/{}out{} pgs=[{}] recovery={} done={:.0}%",
         health(status),
         status.epoch,
         status.nodes.up,
         status.nodes.down,
         status.nodes.out,
+        draining(status)
+            .replace(", ", "/")
+            .replace(" draining", "draining"),
         pg_counts(status),
         remaining(progress).replace(' ', "_"),
         progress.fraction() * 100.0,
