@@ -496,7 +496,10 @@ fn settle_checks_its_report() {
     description.nodes[newcomer.0 as usize].state = NodeState::Up;
     map.update(&description).unwrap();
     let since = map.pools()[0].pgs()[index.0 as usize].since();
-    assert!(!map.would_settle(PoolId(0), index, steady, &description), "stale");
+    assert!(
+        !map.would_settle(PoolId(0), index, steady, &description),
+        "stale"
+    );
     assert!(map.would_settle(PoolId(0), index, since, &description));
     let settled = map.settle(PoolId(0), index, since, &description).unwrap();
     assert_eq!(settled.changed_pgs, 1);
