@@ -214,10 +214,10 @@ async fn heartbeat_loop(shared: &NodeShared) {
             continue;
         }
         if let Ok(addr) = addr.parse::<SocketAddr>()
-            && shared.peers.address(NodeId(leader)) != Some(addr)
+            && shared.meta_peers.address(NodeId(leader)) != Some(addr)
         {
-            // Others (forwarded proposals) reach the leader through the shared pool.
-            shared.peers.set_address(NodeId(leader), addr);
+            // Forwarded proposals reach the leader through the metadata pool.
+            shared.meta_peers.set_address(NodeId(leader), addr);
         }
         if channel.as_ref().is_none_or(|(to, _)| *to != leader) {
             channel = connect_heartbeats(shared, leader, &addr, interval).await;

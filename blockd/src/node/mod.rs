@@ -57,8 +57,14 @@ pub struct NodeShared {
     pub config: NodeConfig,
     /// The metadata service's Raft node.
     pub meta: MetaNode<MetaState>,
-    /// Authenticated connections to other nodes.
+    /// Authenticated connections to other nodes for the data path (replication, recovery,
+    /// gateway pieces, status fan-outs).
     pub peers: Arc<Peers>,
+    /// Separate connections for the metadata service (Raft RPCs, forwarded proposals). A peer
+    /// connection reads no further while its per-connection request bound is full; data-path
+    /// requests that wait for a newer map (peering after a partition heals) can fill it, and
+    /// the Raft traffic that would bring that map must not queue behind them.
+    pub meta_peers: Arc<Peers>,
     /// Limits and handshake identity for peer connections.
     pub peer_config: PeerConfig,
     /// This node's drives, by drive id.
@@ -112,8 +118,12 @@ impl Node {
         };
         let peer_config = PeerConfig::new(handshake);
         let peers = Arc::new(Peers::new(peer_config.clone()).context("peer pool")?);
+        let meta_peers = Arc::new(
+            Peers::with_stats(peer_config.clone(), Arc::clone(peers.stats()))
+                .context("meta peer pool")?,
+        );
 
-        let meta = start_meta(&config, cluster_id, &peers).await?;
+        let meta = start_meta(&config, cluster_id, &meta_peers).await?;
 
         let (publisher, maps) = map_channel(view::build(&meta.read_state()));
         let shared = Arc::new(NodeShared {
@@ -122,6 +132,7 @@ impl Node {
             config,
             meta,
             peers,
+            meta_peers,
             peer_config: peer_config.clone(),
             stores,
             detector: Mutex::new(None),
@@ -440,14 +451,14 @@ impl NodeShared {
     ) -> Result<ProposeReply, String> {
         let node = NodeId(leader);
         let addr: SocketAddr = addr.parse().map_err(|e| format!("bad address: {e}"))?;
-        if self.peers.address(node) != Some(addr) {
-            self.peers.set_address(node, addr);
+        if self.meta_peers.address(node) != Some(addr) {
+            self.meta_peers.set_address(node, addr);
         }
         let body = control::encode(&ProposeRequest {
             command: command.clone(),
         });
         let reply = self
-            .peers
+            .meta_peers
             .call_control(node, ControlKind::META_PROPOSE, META_CONTROL_VERSION, body)
             .await
             .map_err(|e| e.to_string())?;

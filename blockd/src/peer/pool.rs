@@ -87,10 +87,16 @@ pub struct Peers {
 impl Peers {
     /// An empty pool; fill the address book with [`Self::set_address`].
     pub fn new(config: PeerConfig) -> Result<Peers, PeerError> {
+        Self::with_stats(config, Arc::default())
+    }
+
+    /// An empty pool counting into `stats`, so a node's separate pools (data path, metadata
+    /// service) show as one set of connection metrics.
+    pub fn with_stats(config: PeerConfig, stats: Arc<PeerStats>) -> Result<Peers, PeerError> {
         config.validate()?;
         Ok(Peers {
             config,
-            stats: Arc::new(PeerStats::default()),
+            stats,
             book: Mutex::new(HashMap::new()),
         })
     }
