@@ -126,13 +126,15 @@ fn run(cluster: &TestCluster, program: &str, args: &[&str]) -> Output {
     }
 }
 
-/// The content of block `index`: the tag, the index, then pseudo-random bytes from it.
-fn block_content(index: u64) -> Vec<u8> {
+/// The content of block `index` in generation `generation` (a soak round rewrites the volume
+/// with the next one): the tag, the index, the generation, then pseudo-random bytes from both.
+fn block_content(generation: u64, index: u64) -> Vec<u8> {
     let mut block = vec![0u8; BLOCK as usize];
     block[..8].copy_from_slice(TAG);
     block[8..16].copy_from_slice(&index.to_le_bytes());
-    let mut state = index.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    for word in block[16..].chunks_exact_mut(8) {
+    block[16..24].copy_from_slice(&generation.to_le_bytes());
+    let mut state = (index ^ generation.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for word in block[24..].chunks_exact_mut(8) {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
@@ -141,16 +143,18 @@ fn block_content(index: u64) -> Vec<u8> {
     block
 }
 
-fn write_input(path: &Path) {
+fn write_input(path: &Path, generation: u64) {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create input"));
     for index in 0..VOLUME_BYTES / BLOCK {
-        file.write_all(&block_content(index)).expect("write input");
+        file.write_all(&block_content(generation, index))
+            .expect("write input");
     }
     file.flush().expect("flush input");
 }
 
-/// Offsets in `drive` of the 4 KiB-aligned copies of each block in `wanted`.
-fn locate(drive: &Path, wanted: &[u64]) -> Vec<(u64, Vec<u64>)> {
+/// Offsets in `drive` of the 4 KiB-aligned copies of each block in `wanted` (generation
+/// `generation`).
+fn locate(drive: &Path, generation: u64, wanted: &[u64]) -> Vec<(u64, Vec<u64>)> {
     let mut found: Vec<(u64, Vec<u64>)> = wanted.iter().map(|i| (*i, Vec::new())).collect();
     let mut file = std::fs::File::open(drive).expect("open drive");
     let mut buf = vec![0u8; MIB as usize];
@@ -170,7 +174,7 @@ fn locate(drive: &Path, wanted: &[u64]) -> Vec<(u64, Vec<u64>)> {
             }
             let index = u64::from_le_bytes(block[8..16].try_into().expect("8 bytes"));
             if let Some((_, offsets)) = found.iter_mut().find(|(w, _)| *w == index)
-                && block == block_content(index).as_slice()
+                && block == block_content(generation, index).as_slice()
             {
                 offsets.push(base + i as u64 * BLOCK);
             }
@@ -209,9 +213,10 @@ fn scrub_all(cluster: &TestCluster) -> Vec<ScrubStatus> {
         .collect()
 }
 
-/// Flips a byte in the only copy of each block of `wanted` in `drive`; returns how many.
-fn corrupt(drive: &Path, wanted: &[u64]) -> u64 {
-    let located = locate(drive, wanted);
+/// Flips a byte in the only copy of each block of `wanted` (generation `generation`) in
+/// `drive`; returns how many.
+fn corrupt(drive: &Path, generation: u64, wanted: &[u64]) -> u64 {
+    let located = locate(drive, generation, wanted);
     {
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -260,10 +265,20 @@ fn assert_store_whole(drive: &Path, volume: VolumeId, expected: &[u8]) {
     });
 }
 
-/// The first scrub's findings plus the read repairs are the damaged blocks, all repaired,
-/// every chunk compared once.
-fn check_first_scrub(cluster: &TestCluster, first: &[ScrubStatus], corrupted: u64) {
-    let read_repairs: u64 = (1..=3).map(|n| scrub_status(cluster, n).read_repairs).sum();
+/// Blocks rewritten by read repair so far, summed over the nodes.
+fn read_repairs(cluster: &TestCluster) -> u64 {
+    (1..=3).map(|n| scrub_status(cluster, n).read_repairs).sum()
+}
+
+/// The first scrub's findings plus the read repairs since `repairs_before` are the damaged
+/// blocks, all repaired, every chunk compared once.
+fn check_first_scrub(
+    cluster: &TestCluster,
+    first: &[ScrubStatus],
+    corrupted: u64,
+    repairs_before: u64,
+) {
+    let read_repairs = read_repairs(cluster) - repairs_before;
     let figures: Vec<_> = first
         .iter()
         .map(|s| s.last_pass.as_ref().expect("a last pass").figures)
@@ -289,23 +304,15 @@ fn check_first_scrub(cluster: &TestCluster, first: &[ScrubStatus], corrupted: u6
     );
 }
 
-/// Goal: corrupt blocks on one member's drive file; reads return correct data; scrub finds and
-/// repairs every corrupted block; the counts match; a second scrub finds nothing.
-#[test]
-fn corrupted_blocks_are_read_around_and_repaired() {
-    let mut cluster = TestCluster::start(&ClusterSpec::new(67, 3));
+/// A corruption test's cluster on 127.0.`net`.x with its volume; returns the cluster and the
+/// volume.
+fn corruption_cluster(net: u8) -> (TestCluster, VolumeView) {
+    let cluster = TestCluster::start(&ClusterSpec::new(net, 3));
     wait_healthy(&cluster, 1);
     let volume = create_volume(&cluster, "scrub", VOLUME_BYTES);
-    let input = cluster.dir().join("in.img");
-    write_input(&input);
-    let uris: Vec<String> = (1..=3)
-        .map(|n| format!("nbd://{}/scrub", cluster.nbd_addr(n)))
-        .collect();
-    let uri = |n: u8| uris[usize::from(n) - 1].clone();
-    let in_path = input.to_str().expect("path").to_owned();
-    let written = wait_for(READY_TIMEOUT, || {
+    let exported = wait_for(READY_TIMEOUT, || {
         let ok = Command::new("nbdinfo")
-            .arg(uri(1))
+            .arg(uri(&cluster, 1))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -313,48 +320,82 @@ fn corrupted_blocks_are_read_around_and_repaired() {
         ok.then_some(())
     });
     assert!(
-        written.is_some(),
+        exported.is_some(),
         "export never appeared\n{}",
         cluster.logs()
     );
-    run(&cluster, "nbdcopy", &[&in_path, &uri(1)]);
+    (cluster, volume)
+}
 
-    // Three blocks of every chunk, two of them adjacent.
-    let wanted: Vec<u64> = (0..VOLUME_BYTES / CHUNK)
-        .flat_map(|c| [7, 500, 501].map(|b| c * (CHUNK / BLOCK) + b))
-        .collect();
-    cluster.stop(VICTIM);
-    let drive = cluster.nodes[usize::from(VICTIM) - 1].config.drives[0]
+fn uri(cluster: &TestCluster, n: u8) -> String {
+    format!("nbd://{}/scrub", cluster.nbd_addr(n))
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_str().expect("UTF-8 path").to_owned()
+}
+
+/// What one round did.
+struct Round {
+    /// Blocks damaged.
+    corrupted: u64,
+    /// Of them, rewritten by read repair while the volume was read back.
+    read_repaired: u64,
+    /// The content written (the volume's image).
+    expected: Vec<u8>,
+}
+
+/// One round: writes generation `generation` of the volume through `writer`, stops `victim`,
+/// flips a byte in each of `wanted` blocks on its drive, starts it; then (a) every byte reads
+/// back right through the victim's gateway, (b) a scrub on every node repairs every damaged
+/// block read repair did not, the counts adding up, (c) a second scrub finds nothing.
+fn damage_and_repair(
+    cluster: &mut TestCluster,
+    generation: u64,
+    writer: u8,
+    victim: u8,
+    wanted: &[u64],
+) -> Round {
+    let input = cluster.dir().join("in.img");
+    write_input(&input, generation);
+    run(
+        cluster,
+        "nbdcopy",
+        &[&path_str(&input), &uri(cluster, writer)],
+    );
+    let repairs_before = read_repairs(cluster);
+
+    cluster.stop(victim);
+    let drive = cluster.nodes[usize::from(victim) - 1].config.drives[0]
         .path
         .clone();
-    let corrupted = corrupt(&drive, &wanted);
-    cluster.start_node(VICTIM);
-    wait_healthy(&cluster, VICTIM);
+    let corrupted = corrupt(&drive, generation, wanted);
+    cluster.start_node(victim);
+    wait_healthy(cluster, victim);
 
     // (a) Every byte reads back right, through the damaged node's gateway.
     let output = cluster.dir().join("out.img");
-    let out_path = output.to_str().expect("path").to_owned();
-    run(&cluster, "nbdcopy", &[&uri(VICTIM), &out_path]);
+    run(
+        cluster,
+        "nbdcopy",
+        &[&uri(cluster, victim), &path_str(&output)],
+    );
     let (read_back, expected) = (
         std::fs::read(&output).expect("read output"),
         std::fs::read(&input).expect("read input"),
     );
     assert!(
         read_back == expected,
-        "data read back differs from what was written"
+        "data read back differs from what was written (generation {generation})"
     );
-    let victim = scrub_status(&cluster, VICTIM);
-    assert!(
-        victim.reads_repaired > 0 && victim.read_repairs > 0,
-        "the damaged node led some chunks, so some reads met corrupt blocks: {victim:?}"
-    );
+    let read_repaired = read_repairs(cluster) - repairs_before;
 
     // (b) A scrub on every node finds and repairs every damaged block not yet rewritten.
-    let first = scrub_all(&cluster);
-    check_first_scrub(&cluster, &first, corrupted);
+    let first = scrub_all(cluster);
+    check_first_scrub(cluster, &first, corrupted, repairs_before);
 
-    // A second pass finds nothing.
-    let second = scrub_all(&cluster);
+    // (c) A second pass finds nothing.
+    let second = scrub_all(cluster);
     for status in &second {
         let last = status.last_pass.as_ref().expect("a last pass").figures;
         assert_eq!(
@@ -363,8 +404,113 @@ fn corrupted_blocks_are_read_around_and_repaired() {
             status.node
         );
     }
+    Round {
+        corrupted,
+        read_repaired,
+        expected,
+    }
+}
+
+/// Goal: corrupt blocks on one member's drive file; reads return correct data; scrub finds and
+/// repairs every corrupted block; the counts match; a second scrub finds nothing.
+#[test]
+fn corrupted_blocks_are_read_around_and_repaired() {
+    let (mut cluster, volume) = corruption_cluster(67);
+    // Three blocks of every chunk, two of them adjacent.
+    let wanted: Vec<u64> = (0..VOLUME_BYTES / CHUNK)
+        .flat_map(|c| [7, 500, 501].map(|b| c * (CHUNK / BLOCK) + b))
+        .collect();
+    let round = damage_and_repair(&mut cluster, 0, 1, VICTIM, &wanted);
+    assert_eq!(round.corrupted, wanted.len() as u64, "every block found");
+    let victim = scrub_status(&cluster, VICTIM);
+    assert!(
+        victim.reads_repaired > 0 && round.read_repaired > 0,
+        "the damaged node led some chunks, so some reads met corrupt blocks: {victim:?}"
+    );
 
     // The damaged node's own copy is whole again.
     cluster.stop(VICTIM);
-    assert_store_whole(&drive, VolumeId(volume.id), &expected);
+    let drive = &cluster.nodes[usize::from(VICTIM) - 1].config.drives[0].path;
+    assert_store_whole(drive, VolumeId(volume.id), &round.expected);
+}
+
+/// Seconds of the soak mode (`BASALT_SOAK_SECS`), 0 for the bounded CI run.
+fn soak_secs() -> u64 {
+    std::env::var("BASALT_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Goal (soak mode; the bounded version is the test above): damage again and again, on each
+/// node in turn, at pseudo-random blocks (a seeded schedule, printed), with the volume
+/// rewritten through another node every round; every round's reads are right and its counts
+/// add up; at the end every node's drive holds the last generation whole.
+/// `BASALT_SOAK_SECS=600 cargo test -p basalt --test cluster_corruption soak`.
+#[test]
+fn corruption_soak() {
+    let secs = soak_secs();
+    if secs == 0 {
+        eprintln!("soak mode only (BASALT_SOAK_SECS)");
+        return;
+    }
+    let (mut cluster, volume) = corruption_cluster(95);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs());
+    eprintln!("damage schedule seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    };
+    let blocks_per_chunk = CHUNK / BLOCK;
+    let started = Instant::now();
+    let (mut generation, mut damaged, mut read_repaired) = (0u64, 0u64, 0u64);
+    let mut expected = Vec::new();
+    while started.elapsed() < Duration::from_secs(secs) {
+        let victim = u8::try_from(generation % 3).expect("node") + 1;
+        let writer = victim % 3 + 1;
+        // 1–4 blocks in each chunk (the last one's neighbour too, when it has one).
+        let mut wanted: Vec<u64> = (0..VOLUME_BYTES / CHUNK)
+            .flat_map(|c| {
+                let count = 1 + next(4);
+                let mut blocks: Vec<u64> = (0..count)
+                    .map(|_| c * blocks_per_chunk + next(blocks_per_chunk - 1))
+                    .collect();
+                blocks.push(blocks[blocks.len() - 1] + 1);
+                blocks
+            })
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let round = damage_and_repair(&mut cluster, generation, writer, victim, &wanted);
+        assert_eq!(round.corrupted, wanted.len() as u64, "every block found");
+        damaged += round.corrupted;
+        read_repaired += round.read_repaired;
+        expected = round.expected;
+        generation += 1;
+        eprintln!(
+            "round {generation}: node {victim} damaged at {} blocks, {} read-repaired, the \
+             rest scrubbed ({:?})",
+            round.corrupted,
+            round.read_repaired,
+            started.elapsed()
+        );
+    }
+    assert!(generation >= 2, "only {generation} rounds");
+    for n in 1..=3 {
+        cluster.stop(n);
+    }
+    for n in 1..=3u8 {
+        let drive = &cluster.nodes[usize::from(n) - 1].config.drives[0].path;
+        assert_store_whole(drive, VolumeId(volume.id), &expected);
+    }
+    eprintln!(
+        "{generation} rounds: {damaged} blocks damaged, {read_repaired} read-repaired, {} \
+         scrub-repaired, 0 wrong",
+        damaged - read_repaired
+    );
 }

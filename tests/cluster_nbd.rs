@@ -795,6 +795,36 @@ fn holds(pgs: &[basalt::api::PgView], node: u64) -> bool {
         .any(|pg| pg.acting.iter().any(|m| m.node == node))
 }
 
+/// Waits until `node` holds PGs and every PG has settled with 3 acting members (redundancy
+/// checked on every poll); returns how long it took.
+fn wait_rebalanced_onto(cluster: &TestCluster, node: u64) -> Duration {
+    let started = Instant::now();
+    watch_pgs_until(
+        cluster,
+        &format!("rebalance onto node {node}"),
+        Duration::from_secs(90),
+        |pgs| holds(pgs, node) && pgs.iter().all(|pg| !pg.pending && pg.acting.len() == 3),
+    );
+    started.elapsed()
+}
+
+/// Drains `node` (`node out` on a live node) and waits until it has left every PG, each
+/// settled with 3 acting members (redundancy checked on every poll); returns how long it took.
+fn drain(cluster: &TestCluster, node: u64) -> Duration {
+    let drained = runtime()
+        .block_on(api(cluster, 1).node_out(node))
+        .unwrap_or_else(|e| panic!("drain node {node}: {e}\n{}", cluster.logs()));
+    assert_eq!(drained.state, basalt::api::NodeStatus::Draining);
+    let started = Instant::now();
+    watch_pgs_until(
+        cluster,
+        &format!("drain of node {node}"),
+        Duration::from_secs(90),
+        |pgs| !holds(pgs, node) && pgs.iter().all(|pg| !pg.pending && pg.acting.len() == 3),
+    );
+    started.elapsed()
+}
+
 /// Goal: a cluster grows and shrinks under load without a verify error and without ever
 /// holding fewer than 3 copies of a PG. Method: fio (nbd engine, crc32c verify with
 /// `verify_backlog`, rate-limited to about 80 s) writes through node 1 of a 3-node cluster;
@@ -822,29 +852,13 @@ fn fio_verify_survives_growing_and_draining_under_load() {
     // Grow: node 4 joins and takes its share; each PG settles once node 4 is level.
     cluster.start_node(4);
     wait_ready(&cluster, 1, 4);
-    let started = Instant::now();
-    watch_pgs_until(
-        &cluster,
-        "rebalance onto node 4",
-        Duration::from_secs(90),
-        |pgs| holds(pgs, 4) && pgs.iter().all(|pg| !pg.pending && pg.acting.len() == 3),
-    );
-    eprintln!("rebalance onto node 4 settled in {:?}", started.elapsed());
+    let took = wait_rebalanced_onto(&cluster, 4);
+    eprintln!("rebalance onto node 4 settled in {took:?}");
     let grown_while_loaded = !fio.is_finished();
 
     // Shrink: drain node 2 while it serves, then stop it.
-    let drained = runtime()
-        .block_on(api(&cluster, 1).node_out(2))
-        .unwrap_or_else(|e| panic!("drain node 2: {e}\n{}", cluster.logs()));
-    assert_eq!(drained.state, basalt::api::NodeStatus::Draining);
-    let started = Instant::now();
-    watch_pgs_until(
-        &cluster,
-        "drain of node 2",
-        Duration::from_secs(90),
-        |pgs| !holds(pgs, 2) && pgs.iter().all(|pg| !pg.pending && pg.acting.len() == 3),
-    );
-    eprintln!("drain of node 2 finished in {:?}", started.elapsed());
+    let took = drain(&cluster, 2);
+    eprintln!("drain of node 2 finished in {took:?}");
     let drained_while_loaded = !fio.is_finished();
     cluster.stop(2);
 
@@ -855,4 +869,76 @@ fn fio_verify_survives_growing_and_draining_under_load() {
          {drained_while_loaded})"
     );
     assert_verify_only(&cluster, &args, 48);
+}
+
+/// Goal (soak mode; the bounded version is the test above): a cluster that keeps growing and
+/// shrinking under load loses nothing. Node 4 joins, then nodes 2, 3 and 4 in turn are
+/// drained, stopped, started again and brought back (`node up`), each step waiting for every
+/// PG to settle with 3 acting members (checked on every poll), while a fio verify job runs for
+/// the whole soak; a verify-only pass reads every block back at the end.
+/// `BASALT_SOAK_SECS=600 cargo test -p basalt --test cluster_nbd grow_and_drain_soak`.
+#[test]
+fn grow_and_drain_soak() {
+    let soak_secs = soak_secs();
+    if soak_secs == 0 {
+        eprintln!("soak mode only (BASALT_SOAK_SECS)");
+        return;
+    }
+    let size_mib = (soak_secs * 150 * 4 / 1024).max(48);
+    let net = std::env::var("BASALT_SOAK_NET")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(96);
+    let mut spec = ClusterSpec::new(net, 3);
+    spec.followers = 1;
+    spec.drive_size_bytes = spec.drive_size_bytes.max(2 * size_mib * MIB + 128 * MIB);
+    let mut cluster = TestCluster::configure(&spec);
+    for n in 1..=3 {
+        cluster.start_node(n);
+    }
+    wait_ready(&cluster, 1, 3);
+    create_volume(&cluster, "grow", (size_mib + 16) * MIB);
+    let uri1 = uri(&cluster, 1, "grow");
+    wait_export(&cluster, &uri1);
+    let args = verify_job_args("growsoak", &uri1, size_mib);
+    let fio = spawn_fio(&args, Duration::from_secs(240 + soak_secs * 2));
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+
+    cluster.start_node(4);
+    wait_ready(&cluster, 1, 4);
+    eprintln!(
+        "node 4 joined; rebalance settled in {:?}",
+        wait_rebalanced_onto(&cluster, 4)
+    );
+    let mut cycles = 0u64;
+    while !fio.is_finished() && started.elapsed() < Duration::from_secs(soak_secs + 120) {
+        let node = [2u8, 3, 4][(cycles % 3) as usize];
+        let drained = drain(&cluster, u64::from(node));
+        cluster.stop(node);
+        std::thread::sleep(Duration::from_secs(2));
+        cluster.start_node(node);
+        let back = wait_for(READY_TIMEOUT, || {
+            runtime()
+                .block_on(api(&cluster, 1).node_up(u64::from(node)))
+                .ok()
+        });
+        assert!(
+            back.is_some(),
+            "node {node} never came back\n{}",
+            cluster.logs()
+        );
+        wait_ready(&cluster, 1, 4);
+        let rebalanced = wait_rebalanced_onto(&cluster, u64::from(node));
+        cycles += 1;
+        eprintln!(
+            "cycle {cycles}: node {node} drained in {drained:?}, back and rebalanced in \
+             {rebalanced:?} ({:?})",
+            started.elapsed()
+        );
+    }
+    assert_fio_clean(&cluster, fio);
+    assert!(cycles >= 2, "only {cycles} cycles");
+    assert_verify_only(&cluster, &args, size_mib);
+    eprintln!("{cycles} drain-and-return cycles under load, 0 verify errors");
 }

@@ -261,11 +261,10 @@ struct Target {
     offset: u64,
 }
 
-/// Creates the volume and picks a chunk whose PG's primary is (or, with `leader_primary`
-/// false, is not) the Raft leader.
-fn pick_target(fc: &FaultCluster, leader: u8, leader_primary: bool) -> Target {
+/// Creates the test's volume through node `leader`; returns its id.
+fn create_volume(fc: &FaultCluster, leader: u8) -> u64 {
     let size = format!("{}MiB", VOLUME_BYTES / MIB);
-    let volume = wait_for(READY_TIMEOUT, || {
+    wait_for(READY_TIMEOUT, || {
         fc.in_client(|| {
             let body = json!({"name": "part", "size": size});
             let reply = fc
@@ -275,7 +274,18 @@ fn pick_target(fc: &FaultCluster, leader: u8, leader_primary: bool) -> Target {
             (reply.status == 201 || reply.status == 200).then(|| reply.json["id"].as_u64())?
         })
     })
-    .unwrap_or_else(|| panic!("volume never created\n{}", fc.cluster.logs()));
+    .unwrap_or_else(|| panic!("volume never created\n{}", fc.cluster.logs()))
+}
+
+/// Picks a chunk of `volume` whose PG's primary is (or, with `leader_primary` false, is not)
+/// the Raft leader: the `skip`-th such chunk, counting around.
+fn pick_target(
+    fc: &FaultCluster,
+    volume: u64,
+    leader: u8,
+    leader_primary: bool,
+    skip: usize,
+) -> Target {
     let pgs = api_get(fc, leader, "/v1/pgs").expect("GET /v1/pgs");
     let pool: Vec<&Value> = pgs["pgs"]
         .as_array()
@@ -289,9 +299,11 @@ fn pick_target(fc: &FaultCluster, leader: u8, leader_primary: bool) -> Target {
         let node = pool[pg]["acting"][0]["node"].as_u64().expect("primary");
         u8::try_from(node).expect("node id")
     };
-    let index = (0..VOLUME_BYTES / CHUNK)
-        .find(|&i| (primary_of(i) == leader) == leader_primary)
-        .expect("a chunk with the wanted primary");
+    let candidates: Vec<u64> = (0..VOLUME_BYTES / CHUNK)
+        .filter(|&i| (primary_of(i) == leader) == leader_primary)
+        .collect();
+    assert!(!candidates.is_empty(), "no chunk with the wanted primary");
+    let index = candidates[skip % candidates.len()];
     let p = primary_of(index);
     let w = (1..=3).find(|&n| n != p).expect("a writer");
     let s = (1..=3).find(|&n| n != p && n != w).expect("a third node");
@@ -307,40 +319,42 @@ fn pick_target(fc: &FaultCluster, leader: u8, leader_primary: bool) -> Target {
     }
 }
 
-/// Waits until every node's export answers, writes A through the writer and reads it back
-/// through every node.
-fn write_a(fc: &FaultCluster, t: &Target) {
+/// Waits until every node's export answers with `before` at the target, writes `value`
+/// through the writer and reads it back through every node.
+fn write_everywhere(fc: &FaultCluster, t: &Target, before: u8, value: u8) {
     let mut last = Vec::new();
     let exports = wait_for(READY_TIMEOUT, || {
         last = (1..=3).map(|n| read(fc, n, t.offset)).collect();
-        last.iter().all(|r| *r == Read::Uniform(0)).then_some(())
+        last.iter()
+            .all(|r| *r == Read::Uniform(before))
+            .then_some(())
     });
     assert!(
         exports.is_some(),
-        "exports never answered: {last:?}\n{}",
+        "exports never answered {before:#x}: {last:?}\n{}",
         fc.cluster.logs()
     );
-    write(fc, t.w, t.offset, A).unwrap_or_else(|e| panic!("write A: {e}\n{}", fc.cluster.logs()));
+    write(fc, t.w, t.offset, value)
+        .unwrap_or_else(|e| panic!("write {value:#x}: {e}\n{}", fc.cluster.logs()));
     for n in 1..=3 {
         assert_eq!(
             read(fc, n, t.offset),
-            Read::Uniform(A),
-            "A through node {n}"
+            Read::Uniform(value),
+            "{value:#x} through node {n}"
         );
     }
 }
 
-/// Heals the isolated node, waits until it serves B and the cluster has converged, stops
-/// every node and compares the drives chunk by chunk.
-fn heal_and_compare(fc: &mut FaultCluster, t: &Target) {
+/// Heals the isolated node and waits until it serves `value` and the cluster has converged.
+fn heal_and_converge(fc: &mut FaultCluster, t: &Target, value: u8) {
     fc.heal(t.p);
     let healed = Instant::now();
     let served = wait_for(READY_TIMEOUT, || {
-        (read(fc, t.p, t.offset) == Read::Uniform(B)).then_some(())
+        (read(fc, t.p, t.offset) == Read::Uniform(value)).then_some(())
     });
     assert!(
         served.is_some(),
-        "node {} never served B after healing\n{}",
+        "node {} never served {value:#x} after healing\n{}",
         t.p,
         fc.cluster.logs()
     );
@@ -353,8 +367,11 @@ fn heal_and_compare(fc: &mut FaultCluster, t: &Target) {
         fc.cluster.logs()
     );
     eprintln!("converged {:?} after healing", healed.elapsed());
+}
 
-    // Every member holds the same chunks with the same bytes, the written one holding B.
+/// Stops every node and compares the drives chunk by chunk: every member holds the same
+/// chunks with the same bytes, and each chunk in `written` (index → pattern) holds its pattern.
+fn stop_and_compare(fc: &mut FaultCluster, volume: u64, written: &BTreeMap<u64, u8>) {
     for n in 1..=3 {
         assert!(
             fc.cluster.stop(n).is_some(),
@@ -362,13 +379,91 @@ fn heal_and_compare(fc: &mut FaultCluster, t: &Target) {
         );
     }
     let copies: Vec<_> = (1..=3).map(|n| drive_chunks(&fc.cluster, n)).collect();
-    let key = format!("{}/{}", VolumeId(t.volume), t.index);
-    let (_, crc) = copies[0]
-        .get(&key)
-        .unwrap_or_else(|| panic!("node 1 lacks chunk {key}: {:?}", copies[0]));
-    assert_eq!(crc, &expected_crc(B), "chunk {key} holds B");
+    for (index, pattern) in written {
+        let key = format!("{}/{index}", VolumeId(volume));
+        let (_, crc) = copies[0]
+            .get(&key)
+            .unwrap_or_else(|| panic!("node 1 lacks chunk {key}: {:?}", copies[0]));
+        assert_eq!(
+            crc,
+            &expected_crc(*pattern),
+            "chunk {key} holds {pattern:#x}"
+        );
+    }
     for (i, copy) in copies.iter().enumerate().skip(1) {
         assert_eq!(copy, &copies[0], "node {} differs from node 1", i + 1);
+    }
+}
+
+/// Cuts the target's primary off, checks it serves no data once its lease has expired, and
+/// writes `value` through a surviving node once the PG has failed over.
+fn cut_and_write(fc: &mut FaultCluster, t: &Target, lease: Duration, value: u8) {
+    let (p, w, offset) = (t.p, t.w, t.offset);
+    let epoch_before = api_get(fc, w, "/v1/cluster").expect("status")["epoch"].clone();
+
+    // Cut the primary off. Its lease ends at most `lease` after its last heartbeat.
+    fc.partition(p);
+    let cut = Instant::now();
+    std::thread::sleep(lease + Duration::from_secs(1));
+    let stale = read(fc, p, offset);
+    eprintln!(
+        "{:?} after the cut, read through {p}: {stale:?}",
+        cut.elapsed()
+    );
+    assert!(
+        !stale.is_data(),
+        "node {p} answered a read with data {:?} after the cut (lease {lease:?})\n{}",
+        stale,
+        fc.cluster.logs()
+    );
+
+    // Writes continue through a surviving node once the PG has failed over.
+    let mut last = String::new();
+    let wrote = wait_for(Duration::from_secs(120), || {
+        match write(fc, w, offset, value) {
+            Ok(()) => Some(cut.elapsed()),
+            Err(e) => {
+                last = e;
+                None
+            }
+        }
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "write {value:#x} never succeeded: {last}\n{}",
+            fc.cluster.logs()
+        )
+    });
+    eprintln!("{value:#x} acknowledged {wrote:?} after the cut");
+    assert_eq!(
+        read(fc, w, offset),
+        Read::Uniform(value),
+        "through node {w}"
+    );
+    assert_eq!(
+        read(fc, t.s, offset),
+        Read::Uniform(value),
+        "through node {}",
+        t.s
+    );
+    let status = api_get(fc, w, "/v1/cluster").expect("status");
+    assert!(status["epoch"].as_u64() > epoch_before.as_u64(), "{status}");
+    assert_eq!(
+        fc.in_client(|| fc.cluster.node_state(&Http::new(), w, p))
+            .as_deref(),
+        Some("down")
+    );
+
+    // The isolated node still holds the old data and is still reachable by the client: it
+    // must not answer with it.
+    for attempt in 0..2 {
+        let stale = read(fc, p, offset);
+        eprintln!("after the write, read through {p} ({attempt}): {stale:?}");
+        assert!(
+            !stale.is_data(),
+            "node {p} answered a read with data {stale:?} after {value:#x} was acknowledged\n{}",
+            fc.cluster.logs()
+        );
     }
 }
 
@@ -385,68 +480,12 @@ fn isolated_primary(net: u8, leader_primary: bool) {
     let leader = fc
         .in_client(|| fc.cluster.wait_formed(&Http::new(), 3, READY_TIMEOUT))
         .unwrap_or_else(|| panic!("cluster never formed\n{}", fc.cluster.logs()));
-    let t = pick_target(&fc, leader, leader_primary);
-    let (p, w, offset) = (t.p, t.w, t.offset);
-    write_a(&fc, &t);
-    let epoch_before = api_get(&fc, w, "/v1/cluster").expect("status")["epoch"].clone();
-
-    // Cut the primary off. Its lease ends at most `lease` after its last heartbeat.
-    fc.partition(p);
-    let cut = Instant::now();
-    std::thread::sleep(lease + Duration::from_secs(1));
-    let stale = read(&fc, p, offset);
-    eprintln!(
-        "{:?} after the cut, read through {p}: {stale:?}",
-        cut.elapsed()
-    );
-    assert!(
-        !stale.is_data(),
-        "node {p} answered a read with data {:?} after the cut (lease {lease:?})\n{}",
-        stale,
-        fc.cluster.logs()
-    );
-
-    // Writes continue through a surviving node once the PG has failed over.
-    let mut last = String::new();
-    let wrote = wait_for(Duration::from_secs(120), || {
-        match write(&fc, w, offset, B) {
-            Ok(()) => Some(cut.elapsed()),
-            Err(e) => {
-                last = e;
-                None
-            }
-        }
-    })
-    .unwrap_or_else(|| panic!("write B never succeeded: {last}\n{}", fc.cluster.logs()));
-    eprintln!("B acknowledged {wrote:?} after the cut");
-    assert_eq!(read(&fc, w, offset), Read::Uniform(B), "B through node {w}");
-    assert_eq!(
-        read(&fc, t.s, offset),
-        Read::Uniform(B),
-        "B through node {}",
-        t.s
-    );
-    let status = api_get(&fc, w, "/v1/cluster").expect("status");
-    assert!(status["epoch"].as_u64() > epoch_before.as_u64(), "{status}");
-    assert_eq!(
-        fc.in_client(|| fc.cluster.node_state(&Http::new(), w, p))
-            .as_deref(),
-        Some("down")
-    );
-
-    // The isolated node still holds A and is still reachable by the client: it must not
-    // answer with it.
-    for attempt in 0..2 {
-        let stale = read(&fc, p, offset);
-        eprintln!("after B, read through {p} ({attempt}): {stale:?}");
-        assert!(
-            !stale.is_data(),
-            "node {p} answered a read with data {stale:?} after B was acknowledged\n{}",
-            fc.cluster.logs()
-        );
-    }
-
-    heal_and_compare(&mut fc, &t);
+    let volume = create_volume(&fc, leader);
+    let t = pick_target(&fc, volume, leader, leader_primary, 0);
+    write_everywhere(&fc, &t, 0, A);
+    cut_and_write(&mut fc, &t, lease, B);
+    heal_and_converge(&mut fc, &t, B);
+    stop_and_compare(&mut fc, t.volume, &BTreeMap::from([(t.index, B)]));
 }
 
 /// Goal: a primary that is not the metadata leader, cut off from the other nodes, stops
@@ -462,6 +501,73 @@ fn isolated_primary_serves_no_stale_reads_and_converges() {
 #[test]
 fn isolated_leader_primary_serves_no_stale_reads_and_converges() {
     isolated_primary(92, true);
+}
+
+/// Seconds of the soak mode (`BASALT_SOAK_SECS`), 0 for the bounded CI run.
+fn soak_secs() -> u64 {
+    std::env::var("BASALT_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Goal (soak mode; the bounded versions are the two tests above): partitions over and over
+/// lose nothing and never serve stale data. Each round picks a chunk whose primary is the Raft
+/// leader (odd rounds) or not (even rounds), writes a new pattern, cuts the primary off,
+/// checks it serves no data after its lease, writes the next pattern through a survivor,
+/// heals, waits for convergence and reads every chunk written so far through every node.
+/// At the end every node is stopped and the drives are compared chunk by chunk.
+/// `BASALT_SOAK_SECS=600 cargo test -p basalt --test cluster_partition soak`.
+#[test]
+fn partition_soak() {
+    let secs = soak_secs();
+    if secs == 0 {
+        eprintln!("soak mode only (BASALT_SOAK_SECS)");
+        return;
+    }
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping the partition soak: {why}");
+        return;
+    }
+    let spec = ClusterSpec::new(94, 3);
+    let lease = spec.down_after * 2 / 3;
+    let mut fc = FaultCluster::start(&spec);
+    let formed = |fc: &FaultCluster| {
+        fc.in_client(|| fc.cluster.wait_formed(&Http::new(), 3, READY_TIMEOUT))
+            .unwrap_or_else(|| panic!("cluster not formed\n{}", fc.cluster.logs()))
+    };
+    let volume = create_volume(&fc, formed(&fc));
+    let mut written: BTreeMap<u64, u8> = BTreeMap::new();
+    let started = Instant::now();
+    let mut rounds = 0u64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        let leader = formed(&fc);
+        let t = pick_target(&fc, volume, leader, rounds % 2 == 1, rounds as usize);
+        let before = written.get(&t.index).copied().unwrap_or(0);
+        let first = 1 + u8::try_from(rounds * 2 % 254).expect("pattern");
+        write_everywhere(&fc, &t, before, first);
+        cut_and_write(&mut fc, &t, lease, first + 1);
+        heal_and_converge(&mut fc, &t, first + 1);
+        written.insert(t.index, first + 1);
+        for (&index, &pattern) in &written {
+            for n in 1..=3 {
+                assert_eq!(
+                    read(&fc, n, index * CHUNK + OFFSET),
+                    Read::Uniform(pattern),
+                    "chunk {index} through node {n} after round {rounds}"
+                );
+            }
+        }
+        rounds += 1;
+        eprintln!(
+            "round {rounds} (primary {} isolated) done at {:?}",
+            t.p,
+            started.elapsed()
+        );
+    }
+    assert!(rounds >= 2, "only {rounds} rounds");
+    stop_and_compare(&mut fc, volume, &written);
+    eprintln!("{rounds} partitions, {} chunks compared", written.len());
 }
 
 /// Goal: the harness's faults do what they say, checked with TCP connects between its

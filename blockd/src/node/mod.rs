@@ -117,11 +117,7 @@ impl Node {
             features: Features::default(),
         };
         let peer_config = PeerConfig::new(handshake);
-        let peers = Arc::new(Peers::new(peer_config.clone()).context("peer pool")?);
-        let meta_peers = Arc::new(
-            Peers::with_stats(peer_config.clone(), Arc::clone(peers.stats()))
-                .context("meta peer pool")?,
-        );
+        let (peers, meta_peers) = peer_pools(&peer_config)?;
 
         let meta = start_meta(&config, cluster_id, &meta_peers).await?;
 
@@ -217,6 +213,16 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// The data path's and the metadata service's peer pools (see [`NodeShared::meta_peers`]),
+/// counting into one set of connection metrics.
+fn peer_pools(config: &PeerConfig) -> anyhow::Result<(Arc<Peers>, Arc<Peers>)> {
+    let peers = Arc::new(Peers::new(config.clone()).context("peer pool")?);
+    let meta_peers = Arc::new(
+        Peers::with_stats(config.clone(), Arc::clone(peers.stats())).context("meta peer pool")?,
+    );
+    Ok((peers, meta_peers))
 }
 
 /// Starts this node's Raft instance of the metadata service, its RPCs carried by `peers`.
