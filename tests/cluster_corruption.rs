@@ -363,8 +363,6 @@ fn damage_and_repair(
         "nbdcopy",
         &[&path_str(&input), &uri(cluster, writer)],
     );
-    let repairs_before = read_repairs(cluster);
-
     cluster.stop(victim);
     let drive = cluster.nodes[usize::from(victim) - 1].config.drives[0]
         .path
@@ -372,6 +370,8 @@ fn damage_and_repair(
     let corrupted = corrupt(&drive, generation, wanted);
     cluster.start_node(victim);
     wait_healthy(cluster, victim);
+    // The counters are per process: the victim's started again at zero.
+    let repairs_before = read_repairs(cluster);
 
     // (a) Every byte reads back right, through the damaged node's gateway.
     let output = cluster.dir().join("out.img");

@@ -222,23 +222,22 @@ pub(crate) async fn scan_blocks(
                     }
                     at += len;
                 }
-                Err(StoreError::Corrupt { block, .. }) if block * BLOCK_SIZE_BYTES >= at => {
-                    // The blocks before the bad one read fine: take them again in the next
-                    // read (cheap, and rare).
-                    let bad_at = block * BLOCK_SIZE_BYTES;
-                    if bad_at > at {
-                        let data = store.read(chunk, at, bad_at - at).await?;
-                        for (i, good) in data.chunks(BLOCK_SIZE_BYTES as usize).enumerate() {
-                            let index = (at / BLOCK_SIZE_BYTES - first) as usize + i;
-                            if let Some(slot) = blocks.get_mut(index) {
-                                *slot = BlockDigest::Crc(crc32c::crc32c(good));
-                            }
+                Err(StoreError::Corrupt { .. }) => {
+                    // The store names one bad block of the piece, not necessarily the first
+                    // or the only one: take the piece again block by block (rare, and cheap
+                    // next to the damage it measures).
+                    for block_at in (at..at + len).step_by(BLOCK_SIZE_BYTES as usize) {
+                        let digest = match store.read(chunk, block_at, BLOCK_SIZE_BYTES).await {
+                            Ok(data) => BlockDigest::Crc(crc32c::crc32c(&data)),
+                            Err(StoreError::Corrupt { .. }) => BlockDigest::Corrupt,
+                            Err(error) => return Err(error),
+                        };
+                        let index = (block_at / BLOCK_SIZE_BYTES - first) as usize;
+                        if let Some(slot) = blocks.get_mut(index) {
+                            *slot = digest;
                         }
                     }
-                    if let Some(slot) = blocks.get_mut((block - first) as usize) {
-                        *slot = BlockDigest::Corrupt;
-                    }
-                    at = bad_at + BLOCK_SIZE_BYTES;
+                    at += len;
                 }
                 Err(error) => return Err(error),
             }
