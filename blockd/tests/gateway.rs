@@ -623,11 +623,13 @@ async fn check_stores_for_written(cluster: &Cluster, fill: u8) {
 async fn a_down_primary_fails_its_requests_after_the_bound() {
     // Goal: with one server gone (and still primary in the map), requests for its chunks fail
     // with an I/O error once the request bound has passed, while other chunks keep working.
-    // Method: shut down node 3's server, use a 1 s bound, write one chunk on each node.
+    // Method: shut down node 3's server, use a 1 s bound (the map keeps the PG available, so
+    // the failover bound is the one that applies: both 1 s), write one chunk on each node.
     let mut cluster = Cluster::start().await;
     let bound = Duration::from_secs(1);
     let config = GatewayConfig {
         request_timeout: bound,
+        failover_timeout: bound,
         ..gateway_config()
     };
     let gateway = cluster.gateway(config);

@@ -28,7 +28,7 @@ use super::pg::{Lease, PgEngine, RecoveryVerdict};
 use super::recovery::{RecoveryCtx, Throttle, pg_labels};
 use super::recovery_msg::{PushStep, RecoveryReply};
 use super::scrub::RepairJob;
-use super::service::{MetaReport, PgKey, map_view};
+use super::service::{MetaReport, PgKey, in_interval, map_view, pg_interval};
 use super::stats::ReplicationStats;
 use super::types::{
     Action, ChunkRange, ClientFlush, ClientRead, ClientWrite, MemberSync, Mutation, Outcome,
@@ -76,6 +76,20 @@ pub(crate) enum Request {
         epoch: Epoch,
         job: RepairJob,
     },
+}
+
+impl Request {
+    /// The epoch the request was sent in.
+    fn epoch_mut(&mut self) -> &mut Epoch {
+        match self {
+            Request::Write { epoch, .. }
+            | Request::Read { epoch, .. }
+            | Request::Flush { epoch }
+            | Request::Replicate { epoch, .. }
+            | Request::Recovery { epoch, .. }
+            | Request::Repair { epoch, .. } => epoch,
+        }
+    }
 }
 
 /// The part of a peering/recovery message the PG task handles (reads bypass it).
@@ -342,10 +356,21 @@ impl Actor {
         }
     }
 
-    fn accept(&mut self, input: Input) {
+    /// `epoch` as the engine compares it: the start of the PG's interval when the message
+    /// belongs to the current one (see [`in_interval`]). Every request's epoch goes through
+    /// here on its way in; the latest view is at least as new as the one the service checked
+    /// the request against.
+    fn interval_epoch(&self, epoch: Epoch) -> Epoch {
+        let view = self.task.view.borrow();
+        in_interval(epoch, pg_interval(&view, self.task.key), view.epoch())
+    }
+
+    fn accept(&mut self, mut input: Input) {
         let token = Token(self.next_token);
         self.next_token += 1;
         self.responders.insert(token, input.reply);
+        let epoch = input.request.epoch_mut();
+        *epoch = self.interval_epoch(*epoch);
         let parked = match input.request {
             Request::Write {
                 epoch,
@@ -858,6 +883,7 @@ impl Actor {
         reply: Option<oneshot::Sender<Reply>>,
     ) {
         let own = self.task.engine.epoch();
+        let epoch = self.interval_epoch(epoch);
         if let Some(status) = self.repair_refusal(from, epoch, &job).await {
             tracing::debug!(pg = %self.task.key, chunk = %job.chunk, ?status, "repair not applied");
             if let Some(reply) = reply {

@@ -176,13 +176,39 @@ pub(crate) fn map_view(view: &ClusterView, key: PgKey) -> MapView {
         .map(|placement| placement.acting().iter().map(|m| m.node).collect())
         .unwrap_or_default();
     MapView {
-        epoch: view.epoch(),
+        // The engine lives in the PG's interval: a map change that leaves this PG as it was
+        // is not a change for it (see `in_interval`).
+        epoch: placement.map_or_else(|| view.epoch(), |placement| placement.since()),
         acting,
         // A missing pool has no members, so any non-zero value is equivalent.
         min_size: pool.map_or(1, |pool| pool.spec().min_size),
         settle: placement
             .filter(|placement| placement.is_pending())
             .map(|placement| placement.since()),
+    }
+}
+
+/// The epoch PG `key`'s current placement began in (its `since`: the start of its interval).
+/// Engines version their state and messages by it, not by the map's epoch: the map changes
+/// whenever any PG settles or any node comes or goes, and an engine that restarted its
+/// peering and recovery on each of those changes would never finish under churn (a soak saw
+/// a PG's recovery restarted 15 times in 20 s until its writes timed out).
+pub(crate) fn pg_interval(view: &ClusterView, key: PgKey) -> Option<Epoch> {
+    view.map
+        .pool(key.pool)
+        .and_then(|pool| pool.pg(key.pg))
+        .map(basalt::placement::PgPlacement::since)
+}
+
+/// The epoch a message stamped `epoch` counts as in a PG whose interval began at `since`, seen
+/// in a view of epoch `view_epoch`: a message of the current interval (`epoch` between its
+/// start and the view) counts as of the interval's start, so it meets an engine of the same
+/// interval as current; an older one keeps its epoch (stale), and so does one from a map
+/// newer than the view (the PG may have changed in between: it waits for that map).
+pub(crate) fn in_interval(epoch: Epoch, since: Option<Epoch>, view_epoch: Epoch) -> Epoch {
+    match since {
+        Some(since) if since <= epoch && epoch <= view_epoch => since,
+        _ => epoch,
     }
 }
 
@@ -596,7 +622,7 @@ impl Inner {
         if let Some(handle) = self.ensure_pg(key, &view) {
             return Ok(handle);
         }
-        let status = if header.epoch < epoch {
+        let status = if header.epoch < pg_interval(&view, key).unwrap_or(epoch) {
             Status::StaleEpoch
         } else if OpKind::from_replicate_opcode(header.opcode).is_some() {
             Status::Invalid
@@ -714,10 +740,14 @@ impl Inner {
             Err(reply) => return refused(reply),
         };
         let epoch = view.epoch();
-        if request.epoch < epoch {
+        let pg = pg_of(request.volume, request.chunk_index, route.pg_count);
+        let key = PgKey {
+            pool: route.pool,
+            pg,
+        };
+        if request.epoch < pg_interval(&view, key).unwrap_or(epoch) {
             return BlockStatusReply::refused(Status::StaleEpoch, epoch);
         }
-        let pg = pg_of(request.volume, request.chunk_index, route.pg_count);
         let primary = view
             .map
             .pool(route.pool)
@@ -924,7 +954,7 @@ impl Inner {
             RecoveryRequest::SyncPoint { head, .. } => RecoveryOp::SyncPoint { head },
         };
         let Some(handle) = self.ensure_pg(key, &view) else {
-            let status = if epoch < ours {
+            let status = if epoch < pg_interval(&view, key).unwrap_or(ours) {
                 Status::StaleEpoch
             } else {
                 Status::NotPrimary
@@ -1027,7 +1057,7 @@ impl Inner {
         epoch: Epoch,
     ) -> Result<&Arc<Store>, RecoveryReply> {
         let ours = view.epoch();
-        if epoch < ours {
+        if epoch < pg_interval(view, key).unwrap_or(ours) {
             return Err(RecoveryReply::refused(Status::StaleEpoch, ours));
         }
         let me = self.config.node;
@@ -1145,5 +1175,28 @@ fn decode(peer: NodeId, frame: Frame) -> Option<Request> {
     match header.opcode {
         Opcode::Read => Some(Request::Read { epoch, range }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a message of the PG's current interval meets its engine as current whatever map
+    /// it was stamped with; an older one stays stale; one from a map newer than the view keeps
+    /// its epoch (the PG may have changed in between).
+    #[test]
+    fn messages_count_by_the_pg_interval() {
+        let (since, view) = (Some(Epoch(5)), Epoch(9));
+        assert_eq!(in_interval(Epoch(5), since, view), Epoch(5));
+        assert_eq!(in_interval(Epoch(7), since, view), Epoch(5));
+        assert_eq!(in_interval(Epoch(9), since, view), Epoch(5));
+        assert_eq!(in_interval(Epoch(4), since, view), Epoch(4), "stale");
+        assert_eq!(
+            in_interval(Epoch(10), since, view),
+            Epoch(10),
+            "from a newer map"
+        );
+        assert_eq!(in_interval(Epoch(7), None, view), Epoch(7), "no such PG");
     }
 }
