@@ -562,7 +562,10 @@ async fn nodes_pgs_cluster_and_exports() {
 
     let status = cluster.get("/v1/cluster").await;
     assert_eq!(status.0, StatusCode::OK);
-    assert_eq!(status.1["nodes"], json!({"up": 3, "down": 0, "out": 0}));
+    assert_eq!(
+        status.1["nodes"],
+        json!({"up": 3, "draining": 0, "down": 0, "out": 0})
+    );
     assert_eq!(status.1["leader"], 1);
     assert_eq!(status.1["health"], "ok");
     assert_eq!(status.1["raft"]["role"], "leader");
@@ -594,10 +597,15 @@ async fn nodes_pgs_cluster_and_exports() {
     cluster.register_node(4);
     let out = cluster.request(Method::POST, "/v1/nodes/3/out").await;
     assert_eq!(out.0, StatusCode::OK, "{}", out.1);
-    assert_eq!(out.1["state"], "out");
+    // An operator's out on a live node drains it: it serves until its PGs settle elsewhere,
+    // and new clients are not sent to it.
+    assert_eq!(out.1["state"], "draining");
     assert_eq!(out.1["drained"], true);
     let status = cluster.get("/v1/cluster").await;
-    assert_eq!(status.1["nodes"], json!({"up": 3, "down": 0, "out": 1}));
+    assert_eq!(
+        status.1["nodes"],
+        json!({"up": 3, "draining": 1, "down": 0, "out": 0})
+    );
     assert!(status.1["epoch"].as_u64().unwrap() > epoch);
     let export = cluster.get("/v1/exports/exp").await;
     let nodes: Vec<u64> = export.1["endpoints"]
@@ -692,6 +700,8 @@ async fn openapi_document_lists_every_route() {
         ("/v1/nodes/{id}/out", "post"),
         ("/v1/nodes/{id}/up", "post"),
         ("/v1/pgs", "get"),
+        ("/v1/scrub", "get"),
+        ("/v1/scrub", "post"),
         ("/v1/cluster", "get"),
         ("/v1/cluster/init", "post"),
         ("/v1/exports/{volume}", "get"),
