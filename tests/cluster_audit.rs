@@ -162,13 +162,6 @@ fn json(output: &Output) -> Value {
     })
 }
 
-fn soak_secs() -> u64 {
-    std::env::var("BASALT_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Sleeps until `at` after `start`, returning early (false) if the writer already exited.
 fn sleep_until(start: Instant, at: Duration, writer: &mut Child) -> bool {
     while start.elapsed() < at {
@@ -308,7 +301,7 @@ fn overwrite_an_acknowledged_block(nbd: &str, log: &Path) -> u64 {
 /// acknowledged block and the check must fail naming its offset.
 #[test]
 fn audit_survives_node_kills_and_a_full_cluster_power_cycle() {
-    let soak = soak_secs();
+    let soak = common::soak_secs();
     let net = std::env::var("BASALT_SOAK_NET")
         .ok()
         .and_then(|n| n.parse().ok())

@@ -434,14 +434,6 @@ fn corrupted_blocks_are_read_around_and_repaired() {
     assert_store_whole(drive, VolumeId(volume.id), &round.expected);
 }
 
-/// Seconds of the soak mode (`BASALT_SOAK_SECS`), 0 for the bounded CI run.
-fn soak_secs() -> u64 {
-    std::env::var("BASALT_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Goal (soak mode; the bounded version is the test above): damage again and again, on each
 /// node in turn, at pseudo-random blocks (a seeded schedule, printed), with the volume
 /// rewritten through another node every round; every round's reads are right and its counts
@@ -449,23 +441,13 @@ fn soak_secs() -> u64 {
 /// `BASALT_SOAK_SECS=600 cargo test -p basalt --test cluster_corruption soak`.
 #[test]
 fn corruption_soak() {
-    let secs = soak_secs();
+    let secs = common::soak_secs();
     if secs == 0 {
         eprintln!("soak mode only (BASALT_SOAK_SECS)");
         return;
     }
     let (mut cluster, volume) = corruption_cluster(95);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_secs());
-    eprintln!("damage schedule seed {seed}");
-    let mut rng = seed | 1;
-    let mut next = move |bound: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % bound
-    };
+    let mut next = common::seeded_schedule("damage schedule");
     let blocks_per_chunk = CHUNK / BLOCK;
     let started = Instant::now();
     let (mut generation, mut damaged, mut read_repaired) = (0u64, 0u64, 0u64);

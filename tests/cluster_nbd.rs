@@ -542,14 +542,6 @@ fn kill_test_cluster(size_mib: u64, default_net: u8) -> (TestCluster, String, Vo
     (cluster, uri1, volume)
 }
 
-/// Seconds of the soak mode (`BASALT_SOAK_SECS`), 0 for the bounded CI run.
-fn soak_secs() -> u64 {
-    std::env::var("BASALT_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Which node a kill test kills.
 #[derive(Clone, Copy, Debug)]
 enum Victim {
@@ -598,17 +590,7 @@ fn kill_nodes_until<T>(
     soak_secs: u64,
     victim: Victim,
 ) -> u64 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_secs());
-    eprintln!("kill schedule seed {seed}");
-    let mut rng = seed | 1;
-    let mut next = move |bound: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % bound
-    };
+    let mut next = common::seeded_schedule("kill schedule");
     let kills_max = if soak_secs > 0 { soak_secs / 10 } else { 4 };
     let mut kills = 0;
     while kills < kills_max {
@@ -662,7 +644,7 @@ fn fio_verify_survives_busiest_primary_kills() {
 
 /// The kill test on net `net` (see `fio_verify_survives_nodes_killed_under_load`).
 fn kill_test(net: u8, victim: impl Fn(&VolumeView) -> Victim) {
-    let soak_secs = soak_secs();
+    let soak_secs = common::soak_secs();
     // 150 writes/s for 32 MiB is about 55 s; a soak run scales the size to its duration.
     let size_mib = if soak_secs > 0 {
         (soak_secs * 150 * 4 / 1024).max(32)
@@ -879,7 +861,7 @@ fn fio_verify_survives_growing_and_draining_under_load() {
 /// `BASALT_SOAK_SECS=600 cargo test -p basalt --test cluster_nbd grow_and_drain_soak`.
 #[test]
 fn grow_and_drain_soak() {
-    let soak_secs = soak_secs();
+    let soak_secs = common::soak_secs();
     if soak_secs == 0 {
         eprintln!("soak mode only (BASALT_SOAK_SECS)");
         return;

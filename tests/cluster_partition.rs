@@ -503,14 +503,6 @@ fn isolated_leader_primary_serves_no_stale_reads_and_converges() {
     isolated_primary(92, true);
 }
 
-/// Seconds of the soak mode (`BASALT_SOAK_SECS`), 0 for the bounded CI run.
-fn soak_secs() -> u64 {
-    std::env::var("BASALT_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Goal (soak mode; the bounded versions are the two tests above): partitions over and over
 /// lose nothing and never serve stale data. Each round picks a chunk whose primary is the Raft
 /// leader (odd rounds) or not (even rounds), writes a new pattern, cuts the primary off,
@@ -520,7 +512,7 @@ fn soak_secs() -> u64 {
 /// `BASALT_SOAK_SECS=600 cargo test -p basalt --test cluster_partition soak`.
 #[test]
 fn partition_soak() {
-    let secs = soak_secs();
+    let secs = common::soak_secs();
     if secs == 0 {
         eprintln!("soak mode only (BASALT_SOAK_SECS)");
         return;

@@ -584,3 +584,27 @@ impl TestCluster {
         })
     }
 }
+
+/// Seconds of a fault test's soak mode (`BASALT_SOAK_SECS`), 0 for the bounded CI run.
+pub fn soak_secs() -> u64 {
+    std::env::var("BASALT_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Random numbers for a fault schedule (`next(bound)` in `0..bound`): xorshift seeded from the
+/// clock, the seed printed under `what` so a failed soak can be replayed in kind.
+pub fn seeded_schedule(what: &str) -> impl FnMut(u64) -> u64 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs());
+    eprintln!("{what} seed {seed}");
+    let mut rng = seed | 1;
+    move |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    }
+}
