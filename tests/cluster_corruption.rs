@@ -441,11 +441,9 @@ fn corrupted_blocks_are_read_around_and_repaired() {
 /// `BASALT_SOAK_SECS=600 cargo test -p basalt --test cluster_corruption soak`.
 #[test]
 fn corruption_soak() {
-    let secs = common::soak_secs();
-    if secs == 0 {
-        eprintln!("soak mode only (BASALT_SOAK_SECS)");
+    let Some(secs) = common::soak_only() else {
         return;
-    }
+    };
     let (mut cluster, volume) = corruption_cluster(95);
     let mut next = common::seeded_schedule("damage schedule");
     let blocks_per_chunk = CHUNK / BLOCK;

@@ -861,11 +861,9 @@ fn fio_verify_survives_growing_and_draining_under_load() {
 /// `BASALT_SOAK_SECS=600 cargo test -p basalt --test cluster_nbd grow_and_drain_soak`.
 #[test]
 fn grow_and_drain_soak() {
-    let soak_secs = common::soak_secs();
-    if soak_secs == 0 {
-        eprintln!("soak mode only (BASALT_SOAK_SECS)");
+    let Some(soak_secs) = common::soak_only() else {
         return;
-    }
+    };
     let size_mib = (soak_secs * 150 * 4 / 1024).max(48);
     let net = std::env::var("BASALT_SOAK_NET")
         .ok()

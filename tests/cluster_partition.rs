@@ -512,11 +512,9 @@ fn isolated_leader_primary_serves_no_stale_reads_and_converges() {
 /// `BASALT_SOAK_SECS=600 cargo test -p basalt --test cluster_partition soak`.
 #[test]
 fn partition_soak() {
-    let secs = common::soak_secs();
-    if secs == 0 {
-        eprintln!("soak mode only (BASALT_SOAK_SECS)");
+    let Some(secs) = common::soak_only() else {
         return;
-    }
+    };
     if let Some(why) = skip_reason() {
         eprintln!("skipping the partition soak: {why}");
         return;

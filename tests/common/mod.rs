@@ -593,6 +593,15 @@ pub fn soak_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// The soak duration of a soak-only test, or `None` (after saying so) in the bounded run.
+pub fn soak_only() -> Option<u64> {
+    let secs = soak_secs();
+    if secs == 0 {
+        eprintln!("soak mode only (BASALT_SOAK_SECS)");
+    }
+    (secs > 0).then_some(secs)
+}
+
 /// Random numbers for a fault schedule (`next(bound)` in `0..bound`): xorshift seeded from the
 /// clock, the seed printed under `what` so a failed soak can be replayed in kind.
 pub fn seeded_schedule(what: &str) -> impl FnMut(u64) -> u64 {
