@@ -302,7 +302,8 @@ fn pattern_commands(volume_bytes: u64) -> (Vec<String>, Vec<String>) {
 
 /// Goal: the export is listed with its size and flags by every node; a fresh volume maps as
 /// one hole; 512-byte-aligned writes through node 1 read back through node 2 and map as data
-/// (whole 4 KiB blocks); and after a clean stop the three drives hold identical chunks.
+/// (whole 4 KiB blocks); a deleted volume's chunks are swept from every drive; and after a
+/// clean stop the three drives hold identical chunks.
 #[test]
 fn nbdinfo_qemu_io_and_map_across_nodes() {
     let mut cluster = TestCluster::start(&ClusterSpec::new(61, 3));
@@ -365,10 +366,69 @@ fn nbdinfo_qemu_io_and_map_across_nodes() {
     ];
     assert_eq!(map(&cluster, &uri2), expected, "after the writes");
 
+    let scratch = write_and_delete_a_volume(&cluster);
     for n in 1..=3 {
         cluster.stop(n);
     }
     assert_replicas_identical(&cluster, VolumeId(volume.id), &[0, 1, size / CHUNK - 1]);
+    for n in 1..=3 {
+        let left = held_chunks(&cluster, n, Some(scratch));
+        assert!(
+            left.is_empty(),
+            "node {n} kept chunks of a deleted volume: {left:?}"
+        );
+    }
+}
+
+/// Writes 4 chunks of a new volume, deletes it, and waits until every node's sweep dropped
+/// copies (nothing else is to drop in a 3-node cluster). Returns the deleted volume's id.
+fn write_and_delete_a_volume(cluster: &TestCluster) -> VolumeId {
+    let scratch = create_volume(cluster, "scratch", 16 * MIB);
+    let scratch_uri = uri(cluster, 1, "scratch");
+    wait_export(cluster, &scratch_uri);
+    let fill: Vec<String> = (0..4)
+        .map(|i| format!("write -P 0x5a {} 8k", i * CHUNK))
+        .collect();
+    qemu_io(cluster, &fill, &scratch_uri);
+    runtime()
+        .block_on(api(cluster, 1).delete_volume("scratch"))
+        .expect("delete scratch");
+    for n in 1..=3 {
+        let swept = common::wait_for(Duration::from_secs(30), || {
+            cluster
+                .log_tail(n, 400)
+                .contains("sweep dropped copies")
+                .then_some(())
+        });
+        assert!(
+            swept.is_some(),
+            "node {n} never swept\n{}",
+            cluster.log_tail(n, 60)
+        );
+    }
+    VolumeId(scratch.id)
+}
+
+/// The chunks (of `volume`, or all) on stopped node `n`'s drive.
+fn held_chunks(cluster: &TestCluster, n: u8, volume: Option<VolumeId>) -> Vec<ChunkKey> {
+    let path = cluster.nodes[usize::from(n) - 1].config.drives[0]
+        .path
+        .clone();
+    runtime().block_on(async {
+        let store = Store::open(&path, OpenOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let held = store
+            .list_chunks()
+            .await
+            .expect("list chunks")
+            .into_iter()
+            .map(|info| info.chunk)
+            .filter(|chunk| volume.is_none_or(|v| chunk.volume == v))
+            .collect();
+        store.close().await.expect("close store");
+        held
+    })
 }
 
 /// Opens every node's drive (the cluster is stopped) and checks that each holds `chunks` of
@@ -807,14 +867,82 @@ fn drain(cluster: &TestCluster, node: u64) -> Duration {
     started.elapsed()
 }
 
+/// Waits until node `n`'s sweep dropped every copy it held (its drive reports no chunk): a
+/// drained node holds nothing any PG needs.
+fn wait_swept_empty(cluster: &TestCluster, n: u8) {
+    let http = common::Http::new();
+    let empty = common::wait_for(Duration::from_secs(60), || {
+        let reply = cluster.get(&http, n, "/metrics").ok()?;
+        let chunks: u64 = reply
+            .text
+            .lines()
+            .filter(|line| line.starts_with("basalt_drive_chunks{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        (chunks == 0).then_some(())
+    });
+    assert!(
+        empty.is_some(),
+        "node {n} kept copies\n{}",
+        cluster.log_tail(n, 60)
+    );
+}
+
+/// Removes stopped, drained `node` once the detector marked it out: it leaves the node table
+/// and the Raft voters, no PG lists it, and started again it is refused for good (its id is
+/// retired) while the others keep serving.
+fn remove_stopped_node(cluster: &mut TestCluster, node: u8) {
+    let client = api(cluster, 1);
+    let id = u64::from(node);
+    let out = common::wait_for(Duration::from_secs(30), || {
+        let view = runtime().block_on(client.node(id)).ok()?;
+        (view.state == basalt::api::NodeStatus::Out).then_some(())
+    });
+    assert!(
+        out.is_some(),
+        "node {node} never marked out\n{}",
+        cluster.logs()
+    );
+    runtime()
+        .block_on(client.remove_node(id))
+        .unwrap_or_else(|e| panic!("remove node {node}: {e}\n{}", cluster.logs()));
+    runtime()
+        .block_on(client.remove_node(id))
+        .unwrap_or_else(|e| panic!("remove node {node} again: {e}"));
+    let nodes = runtime().block_on(client.nodes()).expect("node list");
+    assert!(nodes.nodes.iter().all(|view| view.id != id), "{nodes:?}");
+    let left_raft = common::wait_for(Duration::from_secs(30), || {
+        let raft = status(cluster, 1)?.raft?;
+        (!raft.voters.contains(&id) && !raft.learners.contains(&id)).then_some(raft)
+    });
+    let raft = left_raft
+        .unwrap_or_else(|| panic!("node {node} still in Raft membership\n{}", cluster.logs()));
+    eprintln!("node {node} removed; metadata voters now {:?}", raft.voters);
+    let pgs = pg_views(cluster).expect("PG list");
+    assert!(!holds(&pgs, id) && pgs.iter().all(|pg| pg.acting.len() == 3));
+    // Started again with its old id and drives, it is refused and serves nobody.
+    cluster.start_node(node);
+    let refused = common::wait_for(Duration::from_secs(30), || {
+        cluster
+            .log_tail(node, 200)
+            .contains("registration refused for good")
+            .then_some(())
+    });
+    assert!(refused.is_some(), "{}", cluster.log_tail(node, 80));
+    let nodes = runtime().block_on(client.nodes()).expect("node list");
+    assert!(nodes.nodes.iter().all(|view| view.id != id), "{nodes:?}");
+    cluster.stop(node);
+}
+
 /// Goal: a cluster grows and shrinks under load without a verify error and without ever
 /// holding fewer than 3 copies of a PG. Method: fio (nbd engine, crc32c verify with
 /// `verify_backlog`, rate-limited to about 80 s) writes through node 1 of a 3-node cluster;
 /// node 4 starts and joins: the PGs it takes keep their old members acting until it is
 /// backfilled, then settle (acting = up, 3 members). Then node 2 is drained (`node out` on a
 /// live node): it keeps serving until each of its PGs is rebuilt elsewhere, then leaves them;
-/// then it is stopped. Every PG is polled throughout and never has fewer than 3 acting members.
-/// A verify-only pass after the job reads every block back.
+/// then it is stopped and removed (`remove_stopped_node`). Every PG is polled throughout and
+/// never has fewer than 3 acting members. A verify-only pass after the job reads every block
+/// back.
 #[test]
 fn fio_verify_survives_growing_and_draining_under_load() {
     let mut spec = ClusterSpec::new(72, 3);
@@ -838,11 +966,15 @@ fn fio_verify_survives_growing_and_draining_under_load() {
     eprintln!("rebalance onto node 4 settled in {took:?}");
     let grown_while_loaded = !fio.is_finished();
 
-    // Shrink: drain node 2 while it serves, then stop it.
+    // Shrink: drain node 2 while it serves, stop it, remove it.
     let took = drain(&cluster, 2);
     eprintln!("drain of node 2 finished in {took:?}");
     let drained_while_loaded = !fio.is_finished();
+    wait_swept_empty(&cluster, 2);
     cluster.stop(2);
+    let left = held_chunks(&cluster, 2, None);
+    assert!(left.is_empty(), "the drained node kept copies: {left:?}");
+    remove_stopped_node(&mut cluster, 2);
 
     assert_fio_clean(&cluster, fio);
     assert!(

@@ -31,6 +31,9 @@ pub struct ClusterView {
     pub node_addrs: BTreeMap<NodeId, SocketAddr>,
     /// Volumes by name (export name = volume name).
     pub volumes: BTreeMap<String, VolumeView>,
+    /// Every volume id below this was created at some point: one the view does not list was
+    /// deleted, and its chunks can go (ids are never reused). 0 when unknown.
+    pub next_volume_id: u64,
 }
 
 /// A volume as the data path sees it.
@@ -53,6 +56,7 @@ impl ClusterView {
             chunk_size_bytes: CHUNK_SIZE_BYTES_DEFAULT,
             node_addrs: BTreeMap::new(),
             volumes: BTreeMap::new(),
+            next_volume_id: 0,
         }
     }
 

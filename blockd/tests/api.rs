@@ -348,6 +348,18 @@ async fn routing_errors_are_problems() {
         404,
         "node-not-found",
     );
+    assert_problem(
+        &cluster.request(Method::DELETE, "/v1/nodes/42").await,
+        404,
+        "node-not-found",
+    );
+    // A serving node cannot be removed; it stays registered.
+    assert_problem(
+        &cluster.request(Method::DELETE, "/v1/nodes/1").await,
+        409,
+        "node-in-use",
+    );
+    assert_eq!(cluster.get("/v1/nodes/1").await.0, StatusCode::OK);
     assert_eq!(cluster.get("/v1/volumes").await.0, StatusCode::OK);
 }
 
@@ -697,6 +709,7 @@ async fn openapi_document_lists_every_route() {
         ("/v1/volumes/{name}/resize", "post"),
         ("/v1/nodes", "get"),
         ("/v1/nodes/{id}", "get"),
+        ("/v1/nodes/{id}", "delete"),
         ("/v1/nodes/{id}/out", "post"),
         ("/v1/nodes/{id}/up", "post"),
         ("/v1/pgs", "get"),

@@ -342,6 +342,7 @@ impl Cluster {
                 .map(|n| (n.id, n.addr))
                 .collect::<BTreeMap<_, _>>(),
             volumes: BTreeMap::new(),
+            next_volume_id: 0,
         }
     }
 

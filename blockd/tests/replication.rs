@@ -148,6 +148,7 @@ fn view_of(placement: &Placement, chunk_size_bytes: u32) -> ClusterView {
                 pool: POOL,
             },
         )]),
+        next_volume_id: 0,
     }
 }
 

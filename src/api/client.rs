@@ -158,6 +158,14 @@ impl Client {
             .await
     }
 
+    /// `DELETE /v1/nodes/{id}`: remove an out node no PG lists any more.
+    pub async fn remove_node(&self, id: u64) -> Result<(), ClientError> {
+        let id = id.to_string();
+        self.call::<(), serde_json::Value>(Method::DELETE, &["v1", "nodes", &id], None, None)
+            .await
+            .map(drop)
+    }
+
     /// `GET /v1/scrub`: the answering node's scrub.
     pub async fn scrub_status(&self) -> Result<ScrubStatus, ClientError> {
         self.call(Method::GET, &["v1", "scrub"], None::<&()>, None)

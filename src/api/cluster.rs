@@ -479,6 +479,12 @@ pub struct RaftView {
     /// Last log index it applied to its copy of the state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_index: Option<u64>,
+    /// The voters of the metadata service, as this node knows them.
+    #[serde(default)]
+    pub voters: Vec<u64>,
+    /// Its non-voting members (followers), as this node knows them.
+    #[serde(default)]
+    pub learners: Vec<u64>,
 }
 
 impl ClusterStatus {

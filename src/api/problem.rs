@@ -54,6 +54,10 @@ pub enum ProblemType {
     NotEnoughNodes,
     /// 409: a drive is registered to another node.
     DriveInUse,
+    /// 409: the node cannot be removed yet (not out, or a PG still lists it).
+    NodeInUse,
+    /// 409: the node was removed from the cluster; its id is retired.
+    NodeRemoved,
     /// 409: the cluster is initialized already (with another id).
     AlreadyInitialized,
     /// 409: the cluster is not initialized yet (`basalt cluster init`).
@@ -76,7 +80,7 @@ pub enum ProblemType {
 
 impl ProblemType {
     /// Every problem type (for documentation and tests).
-    pub const ALL: [ProblemType; 28] = [
+    pub const ALL: [ProblemType; 30] = [
         ProblemType::BadRequest,
         ProblemType::InvalidName,
         ProblemType::InvalidSize,
@@ -96,6 +100,8 @@ impl ProblemType {
         ProblemType::TooManyReplicas,
         ProblemType::NotEnoughNodes,
         ProblemType::DriveInUse,
+        ProblemType::NodeInUse,
+        ProblemType::NodeRemoved,
         ProblemType::AlreadyInitialized,
         ProblemType::NotInitialized,
         ProblemType::LimitReached,
@@ -127,6 +133,8 @@ impl ProblemType {
             | P::TooManyReplicas
             | P::NotEnoughNodes
             | P::DriveInUse
+            | P::NodeInUse
+            | P::NodeRemoved
             | P::AlreadyInitialized
             | P::NotInitialized
             | P::LimitReached => 409,
@@ -161,6 +169,8 @@ impl ProblemType {
             P::TooManyReplicas => "too-many-replicas",
             P::NotEnoughNodes => "not-enough-nodes",
             P::DriveInUse => "drive-in-use",
+            P::NodeInUse => "node-in-use",
+            P::NodeRemoved => "node-removed",
             P::AlreadyInitialized => "already-initialized",
             P::NotInitialized => "not-initialized",
             P::LimitReached => "limit-reached",
@@ -196,6 +206,8 @@ impl ProblemType {
             P::TooManyReplicas => "Too many replicas for this cluster",
             P::NotEnoughNodes => "Not enough nodes",
             P::DriveInUse => "Drive registered to another node",
+            P::NodeInUse => "Node still in use",
+            P::NodeRemoved => "Node removed",
             P::AlreadyInitialized => "Cluster already initialized",
             P::NotInitialized => "Cluster not initialized",
             P::LimitReached => "Limit reached",
@@ -225,6 +237,8 @@ impl From<&MetaError> for ProblemType {
             | MetaError::InvalidNode { .. }
             | MetaError::InvalidTokenName { .. } => P::InvalidParameter,
             MetaError::NodeNotFound { .. } => P::NodeNotFound,
+            MetaError::NodeRemoved { .. } => P::NodeRemoved,
+            MetaError::NodeInUse { .. } => P::NodeInUse,
             MetaError::DriveInUse { .. } => P::DriveInUse,
             MetaError::NotEnoughNodes { .. } => P::NotEnoughNodes,
             MetaError::InvalidName { .. } => P::InvalidName,

@@ -109,14 +109,26 @@ pub struct RecoveryConfig {
     /// Bytes per second all of this node's recovery copies share (0: unlimited).
     #[serde(default = "default_recovery_rate")]
     pub bytes_per_sec: Size,
+    /// How often the node drops copies no PG needs from it any more (chunks of deleted
+    /// volumes, chunks of PGs that moved away and settled); 0 turns the sweep off.
+    #[serde(default = "default_sweep_interval", with = "duration")]
+    pub sweep_interval: Duration,
 }
 
 impl Default for RecoveryConfig {
     fn default() -> Self {
         Self {
             bytes_per_sec: default_recovery_rate(),
+            sweep_interval: default_sweep_interval(),
         }
     }
+}
+
+/// Default time between two sweeps of copies no longer needed.
+pub const SWEEP_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+
+fn default_sweep_interval() -> Duration {
+    SWEEP_INTERVAL_DEFAULT
 }
 
 fn default_recovery_rate() -> Size {

@@ -81,6 +81,12 @@ pub enum CommandKind {
         /// An operator drained it (the failure detector will not bring it back).
         by_operator: bool,
     },
+    /// Forgets an out node that no PG lists any more (`basalt node remove`); its id is never
+    /// registered again.
+    RemoveNode {
+        /// The node.
+        node: NodeId,
+    },
     /// Ends PGs' transitional acting sets (`PlacementMap::settle_all`), in one map change:
     /// each PG's primary reported every acting member in sync under the placement that changed
     /// at `since` (a report about an older placement is stale and skipped).
@@ -150,6 +156,7 @@ impl fmt::Display for CommandKind {
                 let who = if *by_operator { "operator" } else { "detector" };
                 write!(f, "mark-node-out {node} by {who}")
             }
+            CommandKind::RemoveNode { node } => write!(f, "remove-node {node}"),
             CommandKind::SettlePgs { pgs } => write!(f, "settle-pgs ({} PGs)", pgs.len()),
             CommandKind::CreateVolume {
                 name, size_bytes, ..

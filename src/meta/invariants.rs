@@ -25,6 +25,13 @@ impl MetaState {
         self.map
             .check_invariants()
             .map_err(|error| StateInvariantError(error.to_string()))?;
+        if let Some(node) = self
+            .removed_nodes
+            .iter()
+            .find(|n| self.nodes.contains_key(n))
+        {
+            return fail(format!("{node} is both removed and registered"));
+        }
         self.check_placement()?;
         self.check_volumes()?;
         let tokens_indexed = self.tokens.len() == self.token_hashes.len()

@@ -36,6 +36,9 @@ impl MetaState {
         role: NodeRole,
         drives: &[DriveInfo],
     ) -> CommandResult {
+        if self.removed_nodes.contains(&node) {
+            return Err(MetaError::NodeRemoved { node });
+        }
         self.check_registration(node, addresses, zone, drives)?;
         let now = self.clock_unix_ms;
         let mut sorted = drives.to_vec();
@@ -176,6 +179,43 @@ impl MetaState {
             NodeState::Up if by_operator => self.change_state(node, NodeState::Draining, true),
             NodeState::Up | NodeState::Down => self.change_state(node, NodeState::Out, by_operator),
         }
+    }
+
+    /// Forgets a node for good. Only an out node that no PG lists any more (drained, or its
+    /// copies rebuilt elsewhere and settled) can go, so removing it neither moves a PG nor
+    /// drops a copy some PG still needs. Its drives are free to register on another node.
+    pub(super) fn remove_node(&mut self, node: NodeId) -> CommandResult {
+        if self.removed_nodes.contains(&node) {
+            return Ok(Outcome::NodeRemoved {
+                node,
+                removed: false,
+            });
+        }
+        let record = self
+            .nodes
+            .get(&node)
+            .ok_or(MetaError::NodeNotFound { node })?;
+        let in_use = |reason: String| Err(MetaError::NodeInUse { node, reason });
+        if record.state != NodeState::Out {
+            return in_use(format!(
+                "it is {:?}; drain it (`basalt node drain`), stop it, and wait until it is out",
+                record.state
+            ));
+        }
+        if let Some((pool, pg)) = self.map.first_pg_listing(node) {
+            return in_use(format!(
+                "{pool} pg {} still lists it; wait until its copies are rebuilt elsewhere",
+                pg.0
+            ));
+        }
+        let mut nodes = self.nodes.clone();
+        nodes.remove(&node);
+        self.commit_nodes(nodes)?;
+        self.removed_nodes.insert(node);
+        Ok(Outcome::NodeRemoved {
+            node,
+            removed: true,
+        })
     }
 
     /// Whether settling the PG now would change the map (see `PlacementMap::would_settle`):

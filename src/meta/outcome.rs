@@ -33,6 +33,13 @@ pub enum Outcome {
         /// The placement map's epoch now.
         epoch: Epoch,
     },
+    /// `RemoveNode`: `removed` is false when the node was removed before.
+    NodeRemoved {
+        /// The node.
+        node: NodeId,
+        /// Whether this command removed it.
+        removed: bool,
+    },
     /// `SettlePgs`: how many PGs settled (stale reports, and ones that would drop a copy,
     /// change nothing), and the map epoch afterwards.
     PgsSettled {
@@ -95,6 +102,22 @@ pub enum MetaError {
     NodeNotFound {
         /// The node asked for.
         node: NodeId,
+    },
+    /// The node was removed from the cluster; its id is retired.
+    #[error(
+        "{node} was removed from the cluster; a node coming back needs a new id and wiped drives"
+    )]
+    NodeRemoved {
+        /// The node.
+        node: NodeId,
+    },
+    /// The node cannot be removed yet.
+    #[error("{node} cannot be removed: {reason}")]
+    NodeInUse {
+        /// The node.
+        node: NodeId,
+        /// Why not, and what to do.
+        reason: String,
     },
     /// A `RegisterNode` value out of range (zone name, drive count, addresses, node count).
     #[error("invalid node {node}: {reason}")]

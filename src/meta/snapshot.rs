@@ -16,7 +16,7 @@ use thiserror::Error;
 /// First bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"BSLTMETA";
 /// The body schema this code writes and reads. Bump on any change of the state's shape.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 /// Envelope header size, in bytes.
 pub const SNAPSHOT_HEADER_SIZE_BYTES: usize = 24;
 

@@ -8,7 +8,7 @@ use crate::ids::{ClusterId, Epoch, NodeId, VolumeId};
 use crate::placement::{PG_COUNT_MAX, PlacementMap, PoolSpec, REPLICAS_MAX};
 use crate::units::is_valid_chunk_size;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The metadata service's state: what every replica holds after applying the same log.
 ///
@@ -21,6 +21,10 @@ pub struct MetaState {
     /// Largest command time applied so far (Unix ms): monotonic state time.
     pub(super) clock_unix_ms: u64,
     pub(super) nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Nodes removed from the cluster: their ids are never registered again (their drives
+    /// may hold copies from an old interval; a node coming back needs a new id and wiped
+    /// drives).
+    pub(super) removed_nodes: BTreeSet<NodeId>,
     pub(super) map: PlacementMap,
     pub(super) volumes: BTreeMap<VolumeId, Volume>,
     pub(super) volume_names: BTreeMap<String, VolumeId>,
@@ -76,6 +80,7 @@ impl MetaState {
             CommandKind::MarkNodeDown { node } => self.mark_down(*node),
             CommandKind::MarkNodeUp { node } => self.mark_up(*node),
             CommandKind::MarkNodeOut { node, by_operator } => self.mark_out(*node, *by_operator),
+            CommandKind::RemoveNode { node } => self.remove_node(*node),
             CommandKind::SettlePgs { pgs } => self.settle_pgs(pgs),
             CommandKind::CreateVolume {
                 name,
@@ -159,6 +164,21 @@ impl MetaState {
     /// One node.
     pub fn node(&self, node: NodeId) -> Option<&NodeRecord> {
         self.nodes.get(&node)
+    }
+
+    /// Whether `node` was removed from the cluster (its id is retired).
+    pub fn is_removed(&self, node: NodeId) -> bool {
+        self.removed_nodes.contains(&node)
+    }
+
+    /// The id the next volume gets: every id below it was used (live or deleted).
+    pub fn next_volume_id(&self) -> u64 {
+        self.next_volume_id
+    }
+
+    /// Every removed node id.
+    pub fn removed_nodes(&self) -> &BTreeSet<NodeId> {
+        &self.removed_nodes
     }
 
     /// The placement map (pools, acting sets, epoch).

@@ -505,6 +505,20 @@ impl PlacementMap {
         })
     }
 
+    /// The first PG (pool, PG) whose up or acting set lists `node`: a node still listed may
+    /// hold a copy some PG needs, so it cannot be forgotten.
+    pub fn first_pg_listing(&self, node: NodeId) -> Option<(PoolId, PgId)> {
+        self.pools.iter().find_map(|pool| {
+            (0u32..).zip(&pool.pgs).find_map(|(index, placement)| {
+                let listed = placement.up.iter().chain(&placement.acting);
+                listed
+                    .into_iter()
+                    .any(|member| member.node == node)
+                    .then_some((pool.spec.id, PgId(index)))
+            })
+        })
+    }
+
     /// Checks the map's structure: valid specs, one placement per PG, each PG's sets well
     /// formed (`placement_is_valid`). Run after decoding a
     /// snapshot and by the tests.

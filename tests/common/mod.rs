@@ -187,6 +187,9 @@ impl TestCluster {
             };
             config.meta.down_after = spec.down_after;
             config.meta.heartbeat_interval = spec.heartbeat_interval;
+            // Sweep often, so every cluster test also checks that dropping copies no PG needs
+            // never drops one that is needed.
+            config.recovery.sweep_interval = Duration::from_secs(2);
             if let Some(drive) = config.drives.first_mut() {
                 drive.size = Some(basalt::size::Size(spec.drive_size_bytes));
             }

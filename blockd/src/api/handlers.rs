@@ -53,7 +53,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_volume, delete_volume))
         .routes(routes!(resize_volume))
         .routes(routes!(list_nodes))
-        .routes(routes!(get_node))
+        .routes(routes!(get_node, remove_node))
         .routes(routes!(node_out))
         .routes(routes!(node_up))
         .routes(routes!(list_pgs))
@@ -253,6 +253,25 @@ async fn node_out(
     };
     match app.propose(kind).await? {
         Outcome::Node { .. } => node_view(&app, node).map(Json),
+        outcome => Err(unexpected(&outcome)),
+    }
+}
+
+/// Removes an out node that no PG lists any more: it leaves the node table at once and the
+/// metadata service's membership shortly after (the leader reconciles Raft membership); its
+/// id is retired. Idempotent.
+#[utoipa::path(delete, path = "/v1/nodes/{id}", tag = "nodes", security(("bearer" = [])),
+    params(("id" = u64, Path, description = "Node id", minimum = 0)),
+    responses((status = 204, description = "Removed (or removed before)"), ActionProblems))]
+async fn remove_node(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<StatusCode, ApiError> {
+    match app
+        .propose(CommandKind::RemoveNode { node: NodeId(id) })
+        .await?
+    {
+        Outcome::NodeRemoved { .. } => Ok(StatusCode::NO_CONTENT),
         outcome => Err(unexpected(&outcome)),
     }
 }

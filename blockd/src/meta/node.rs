@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, ForwardToLeader, InitializeError, RaftError};
-use openraft::{BasicNode, Config, Instant, Raft, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::{
+    BasicNode, ChangeMembers, Config, Instant, Raft, ReadPolicy, ServerState, SnapshotPolicy,
+};
 use tokio::sync::watch;
 
 use super::log_store::LogStore;
@@ -295,6 +297,33 @@ impl<S: ReplicatedState> MetaNode<S> {
     pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), ProposeError> {
         let res = self.inner.raft.change_membership(voters, true).await;
         Self::admin_result(res.map(|_| ()))
+    }
+
+    /// Takes `ids` out of the Raft membership for good: voters first (joint consensus; they
+    /// are not kept as learners), then learners. Leader only; members not listed are left alone.
+    pub async fn remove_members(&self, ids: &BTreeSet<NodeId>) -> Result<(), ProposeError> {
+        let status = self.status();
+        let voters: BTreeSet<NodeId> = ids
+            .iter()
+            .filter(|id| status.voters.contains_key(id))
+            .copied()
+            .collect();
+        if !voters.is_empty() {
+            let change = ChangeMembers::RemoveVoters(voters);
+            let res = self.inner.raft.change_membership(change, false).await;
+            Self::admin_result(res.map(|_| ()))?;
+        }
+        let learners: BTreeSet<NodeId> = ids
+            .iter()
+            .filter(|id| self.status().learners.contains_key(id))
+            .copied()
+            .collect();
+        if !learners.is_empty() {
+            let change = ChangeMembers::RemoveNodes(learners);
+            let res = self.inner.raft.change_membership(change, false).await;
+            Self::admin_result(res.map(|_| ()))?;
+        }
+        Ok(())
     }
 
     fn admin_result(

@@ -55,6 +55,8 @@ impl ControlPlane for NodeControlPlane {
             term: status.term,
             committed_index: status.committed_index,
             applied_index: status.applied_index,
+            voters: status.voters.keys().copied().collect(),
+            learners: status.learners.keys().copied().collect(),
         }
     }
 

@@ -1,13 +1,13 @@
 //! The node's life in the cluster: bootstrap or join the metadata service, register its
 //! addresses and drives, heartbeat the leader, and (while leader) run the failure detector.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use basalt::ids::NodeId;
-use basalt::meta::{CommandKind, DriveInfo, FailureDetector, NodeAddresses};
+use basalt::meta::{CommandKind, DriveInfo, FailureDetector, MetaError, MetaState, NodeAddresses};
 use basalt::wire::ControlKind;
 use tokio_util::sync::CancellationToken;
 
@@ -175,6 +175,11 @@ async fn register(shared: &NodeShared) {
                 tracing::info!("registered with the metadata service");
                 return;
             }
+            Ok(Err(e @ MetaError::NodeRemoved { .. })) => {
+                // Retrying cannot help: the id is retired. The node stays up for inspection.
+                tracing::error!(error = %e, "registration refused for good");
+                return;
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "registration refused"),
             Err(e) => tracing::warn!(error = %e, "registration"),
         }
@@ -271,6 +276,27 @@ async fn connect_heartbeats(
     }
 }
 
+/// While this node leads: takes nodes the metadata state removed out of the Raft membership
+/// (`DELETE /v1/nodes/{id}` commits the removal; this makes the voter count match).
+async fn remove_retired_members(shared: &NodeShared, state: &MetaState) {
+    let status = shared.meta.status();
+    let retired: BTreeSet<u64> = state
+        .removed_nodes()
+        .iter()
+        .map(|node| node.0)
+        .filter(|id| status.voters.contains_key(id) || status.learners.contains_key(id))
+        .collect();
+    if retired.is_empty() {
+        return;
+    }
+    match shared.meta.remove_members(&retired).await {
+        Ok(()) => tracing::info!(nodes = ?retired, "removed nodes left the metadata service"),
+        Err(e) => {
+            tracing::warn!(nodes = ?retired, error = %e, "removing nodes from the metadata service")
+        }
+    }
+}
+
 /// While this node leads: marks silent nodes down/out and returning ones up.
 async fn detector_loop(shared: &NodeShared) {
     let meta_config = &shared.config.meta;
@@ -306,6 +332,7 @@ async fn detector_loop(shared: &NodeShared) {
                 Err(e) => tracing::warn!(error = %e, "failure detector proposal"),
             }
         }
+        remove_retired_members(shared, &state).await;
         if last_record.elapsed() >= RECORD_HEARTBEATS_EVERY && !beats.is_empty() {
             last_record = tokio::time::Instant::now();
             if let Err(e) = shared

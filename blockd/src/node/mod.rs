@@ -249,6 +249,7 @@ async fn start_replication(
     config.stats = Arc::clone(&shared.replication_stats);
     config.limits.lease_wait = lease_duration(&shared.config);
     config.recovery_bytes_per_sec = shared.config.recovery.bytes_per_sec.bytes();
+    config.sweep_interval = shared.config.recovery.sweep_interval;
     config.scrub = crate::replication::ScrubSettings {
         enabled: shared.config.scrub.enabled,
         bytes_per_sec: shared.config.scrub.bytes_per_sec.bytes(),
@@ -502,6 +503,12 @@ impl NodeShared {
             return JoinReply::NotLeader {
                 leader: self.meta.leader(),
             };
+        }
+        if self.meta.read_state().is_removed(request.node) {
+            return JoinReply::Failed(format!(
+                "{} was removed from the cluster; a node coming back needs a new id and wiped drives",
+                request.node
+            ));
         }
         let id = request.node.0;
         let status = self.meta.status();

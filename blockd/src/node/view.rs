@@ -45,6 +45,7 @@ pub fn build(state: &MetaState) -> ClusterView {
             .map_or(CHUNK_SIZE_BYTES_DEFAULT, |c| c.chunk_size_bytes),
         node_addrs,
         volumes,
+        next_volume_id: state.next_volume_id(),
     }
 }
 

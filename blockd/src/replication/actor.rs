@@ -17,6 +17,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use basalt::ids::{ChunkKey, ChunkVersion, DriveId, Epoch, NodeId};
+use basalt::placement::Member;
 use basalt::units::BLOCK_SIZE_BYTES;
 use basalt::wire::{Bytes, Frame, Header, RequestId, Status};
 use futures_util::StreamExt;
@@ -30,6 +31,7 @@ use super::recovery_msg::{PushStep, RecoveryReply};
 use super::scrub::RepairJob;
 use super::service::{MetaReport, PgKey, in_interval, map_view, pg_interval};
 use super::stats::ReplicationStats;
+use super::sweep;
 use super::types::{
     Action, ChunkRange, ClientFlush, ClientRead, ClientWrite, MemberSync, Mutation, Outcome,
     Peered, PgState, ReplicaReply, Replicate, SyncPoint, Token, store_status,
@@ -76,6 +78,14 @@ pub(crate) enum Request {
         epoch: Epoch,
         job: RepairJob,
     },
+    /// Delete `chunks` of the PG from `store` (this node's `drive`) if the latest view lists
+    /// this node on that drive neither up nor acting: from the node's sweep.
+    Sweep {
+        epoch: Epoch,
+        drive: DriveId,
+        store: Arc<Store>,
+        chunks: Vec<ChunkKey>,
+    },
 }
 
 impl Request {
@@ -87,7 +97,8 @@ impl Request {
             | Request::Flush { epoch }
             | Request::Replicate { epoch, .. }
             | Request::Recovery { epoch, .. }
-            | Request::Repair { epoch, .. } => epoch,
+            | Request::Repair { epoch, .. }
+            | Request::Sweep { epoch, .. } => epoch,
         }
     }
 }
@@ -291,6 +302,10 @@ impl Actor {
                     Some(Input { request: Request::Repair { from, epoch, job }, reply }) => {
                         self.repair(from, epoch, job, Some(reply)).await;
                     }
+                    Some(Input { request: Request::Sweep { drive, store, chunks, .. }, reply }) => {
+                        let answer = self.sweep(drive, &store, &chunks).await;
+                        let _ = reply.send(answer);
+                    }
                     Some(input) => self.accept(input),
                     None => return,
                 },
@@ -418,9 +433,9 @@ impl Actor {
                 epoch,
                 op,
             },
-            Request::Repair { .. } => {
+            Request::Repair { .. } | Request::Sweep { .. } => {
                 // Taken by the run loop before `accept`.
-                debug_assert!(false, "repair request reached accept");
+                debug_assert!(false, "repair or sweep request reached accept");
                 self.answer(
                     token,
                     error_reply(Status::Invalid, self.task.engine.epoch()),
@@ -947,6 +962,42 @@ impl Actor {
             }
             Event::Nothing
         }));
+    }
+
+    /// Deletes `chunks` (of this PG, on `drive`) if the latest view lists this node on that
+    /// drive neither up nor acting. The task does nothing else meanwhile, so a map that brings
+    /// the node back into the PG is applied after the deletions: a new primary's peering then
+    /// lists what is really here. Answers `Ok` with the count deleted (u64 LE), `Busy` when
+    /// the PG lists the node again.
+    async fn sweep(&mut self, drive: DriveId, store: &Store, chunks: &[ChunkKey]) -> Reply {
+        if self.task.view.has_changed().unwrap_or(false) {
+            self.apply_view();
+        }
+        let view = Arc::clone(&self.task.view.borrow());
+        let key = self.task.key;
+        let own = self.task.engine.epoch();
+        let me = Member {
+            node: self.task.node,
+            drive,
+        };
+        let serving = drive == self.task.drive && self.task.engine.state() != PgState::Stray;
+        if serving || sweep::lists(&view, key, me) {
+            return error_reply(Status::Busy, own);
+        }
+        let mut deleted: u64 = 0;
+        for chunk in chunks {
+            if sweep::pg_of_chunk(&view, *chunk) != Some(key) {
+                continue;
+            }
+            match store.delete_chunk(*chunk).await {
+                Ok(()) => deleted += 1,
+                Err(error) => {
+                    tracing::warn!(pg = %key, %chunk, %error, "deleting a stray copy failed");
+                    return error_reply(store_status(&error), own);
+                }
+            }
+        }
+        Reply::ok(own, Bytes::copy_from_slice(&deleted.to_le_bytes()))
     }
 
     /// Why `job` may not be applied now (`None`: it may).

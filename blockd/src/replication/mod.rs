@@ -37,6 +37,7 @@ mod replica;
 mod scrub;
 mod service;
 mod stats;
+mod sweep;
 mod types;
 
 #[cfg(test)]

@@ -7,16 +7,16 @@
 //! every PG whose acting set names this node. Each PG task watches the view itself, so map
 //! changes reach every engine without a fan-out step.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use basalt::ids::{ChunkKey, ChunkVersion, DriveId, Epoch, NodeId, PgId, VolumeId};
-use basalt::placement::{PoolId, pg_of};
+use basalt::placement::{Member, PoolId, pg_of};
 use basalt::units::SECTOR_SIZE_BYTES;
 use basalt::wire::{Bytes, ControlKind, Frame, Header, Opcode, Status};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,6 +32,7 @@ use super::recovery_msg::{
 };
 use super::scrub::{self, RepairJob, ScrubPg, ScrubSettings};
 use super::stats::ReplicationStats;
+use super::sweep;
 use super::types::{
     ChunkRange, EngineError, Limits, MapView, Mutation, OpKind, PgConfig, store_status,
 };
@@ -85,6 +86,8 @@ pub struct ReplicationConfig {
     pub stats: Arc<ReplicationStats>,
     /// The background scrub of the PGs this node leads.
     pub scrub: ScrubSettings,
+    /// Time between two sweeps of copies no PG needs here any more (zero: never).
+    pub sweep_interval: Duration,
 }
 
 /// Default recovery bandwidth of a node (the config's `[recovery] bytes_per_sec`).
@@ -102,6 +105,7 @@ impl ReplicationConfig {
             leases: None,
             stats: Arc::default(),
             scrub: ScrubSettings::default(),
+            sweep_interval: basalt::config::SWEEP_INTERVAL_DEFAULT,
         }
     }
 }
@@ -281,6 +285,11 @@ struct Inner {
     table: RwLock<Table>,
     heads: Mutex<Heads>,
     throttle: Arc<Throttle>,
+    /// PGs without a task whose stray chunks the sweep is deleting: no task starts for them
+    /// until it is done (see [`Inner::sweep_without_task`]).
+    sweeping: Mutex<HashSet<PgKey>>,
+    /// Woken when a PG leaves `sweeping`.
+    swept: Notify,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -352,6 +361,8 @@ impl ReplicationService {
             }),
             heads: Mutex::new(heads),
             throttle,
+            sweeping: Mutex::default(),
+            swept: Notify::new(),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
@@ -360,6 +371,8 @@ impl ReplicationService {
         inner.tracker.spawn(async move { task.follow_view().await });
         let task = Arc::clone(&inner);
         inner.tracker.spawn(async move { task.scrub_loop().await });
+        let task = Arc::clone(&inner);
+        inner.tracker.spawn(async move { task.sweep_loop().await });
         Ok(Arc::new(Self { inner }))
     }
 
@@ -464,6 +477,10 @@ impl Inner {
         self.table.write().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn sweeping(&self) -> MutexGuard<'_, HashSet<PgKey>> {
+        self.sweeping.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn heads(&self) -> MutexGuard<'_, Heads> {
         self.heads.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -536,6 +553,10 @@ impl Inner {
         if let Some(handle) = table.pgs.get(&key) {
             return Some(handle.clone());
         }
+        if self.sweeping().contains(&key) {
+            // Its stray chunks are being deleted; the sweep starts the task when done.
+            return None;
+        }
         let config = PgConfig {
             pg: key.pg,
             node: me,
@@ -571,6 +592,26 @@ impl Inner {
         let handle = PgHandle { inbox: sender };
         table.pgs.insert(key, handle.clone());
         Some(handle)
+    }
+
+    /// [`Self::ensure_pg`], waiting (at most `view_wait`) while the sweep deletes the PG's
+    /// stray chunks here: a request that names this node a member again is served after that.
+    async fn ensure_pg_after_sweep(&self, key: PgKey, view: &ClusterView) -> Option<PgHandle> {
+        let deadline = tokio::time::Instant::now() + self.config.view_wait;
+        loop {
+            let swept = self.swept.notified();
+            tokio::pin!(swept);
+            swept.as_mut().enable();
+            if let Some(handle) = self.ensure_pg(key, view) {
+                return Some(handle);
+            }
+            if !self.sweeping().contains(&key) {
+                return None;
+            }
+            if tokio::time::timeout_at(deadline, swept).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// Sends `request` to a PG task and waits for its answer; `IoError` if the task is gone
@@ -619,7 +660,7 @@ impl Inner {
         let (view, route) = self.view_for(header.chunk.volume, header.epoch).await?;
         let epoch = view.epoch();
         let key = check_pg(header, route, epoch)?;
-        if let Some(handle) = self.ensure_pg(key, &view) {
+        if let Some(handle) = self.ensure_pg_after_sweep(key, &view).await {
             return Ok(handle);
         }
         let status = if header.epoch < pg_interval(&view, key).unwrap_or(epoch) {
@@ -813,6 +854,133 @@ impl Inner {
         }
     }
 
+    /// Sweeps copies no PG needs here any more every `sweep_interval` (see `sweep.rs`).
+    async fn sweep_loop(&self) {
+        let every = self.config.sweep_interval;
+        if every.is_zero() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = self.sweep_pass() => {}
+            }
+        }
+    }
+
+    /// One sweep: only under a valid lease (a node cut off from the metadata service keeps
+    /// everything), deleted volumes' chunks directly (their ids never come back), strays
+    /// through their PG's task or with its creation held back.
+    async fn sweep_pass(&self) {
+        let leased = self
+            .config
+            .leases
+            .as_ref()
+            .is_none_or(|lease| lease.borrow().is_some_and(|until| until > Instant::now()));
+        if !leased {
+            tracing::debug!("no lease: sweep skipped");
+            return;
+        }
+        let view = Arc::clone(&self.view.borrow());
+        let mut listed = BTreeMap::new();
+        for (drive, store) in &self.stores {
+            match store.list_chunks().await {
+                Ok(chunks) => {
+                    listed.insert(*drive, chunks.into_iter().map(|c| c.chunk).collect());
+                }
+                Err(error) => tracing::warn!(%drive, %error, "sweep: listing chunks failed"),
+            }
+        }
+        let plan = sweep::plan(&view, self.config.node, &listed);
+        if plan.is_empty() {
+            return;
+        }
+        let mut deleted: u64 = 0;
+        for (drive, chunk) in &plan.deleted_volumes {
+            let Some(store) = self.stores.get(drive) else {
+                continue;
+            };
+            match store.delete_chunk(*chunk).await {
+                Ok(()) => deleted += 1,
+                Err(error) => tracing::warn!(%chunk, %error, "sweep: deleting a chunk failed"),
+            }
+        }
+        let mut strays: u64 = 0;
+        for ((drive, key), chunks) in plan.strays {
+            let Some(store) = self.stores.get(&drive) else {
+                continue;
+            };
+            let handle = self.table().pgs.get(&key).cloned();
+            strays += match handle {
+                Some(handle) => {
+                    let request = Request::Sweep {
+                        epoch: view.epoch(),
+                        drive,
+                        store: Arc::clone(store),
+                        chunks,
+                    };
+                    let reply = self.ask(&handle, request).await;
+                    let count = <[u8; 8]>::try_from(reply.payload.as_ref());
+                    count.map_or(0, u64::from_le_bytes)
+                }
+                None => self.sweep_without_task(key, drive, store, &chunks).await,
+            };
+        }
+        tracing::info!(
+            deleted_volume_chunks = deleted,
+            stray_chunks = strays,
+            "sweep dropped copies no PG needs here"
+        );
+    }
+
+    /// Deletes stray `chunks` of a PG that has no task here, holding back the task's creation
+    /// meanwhile: a view that names this node a member again while the deletions run starts
+    /// the task only after them (and requests for it wait, see `ensure_pg_after_sweep`).
+    async fn sweep_without_task(
+        &self,
+        key: PgKey,
+        drive: DriveId,
+        store: &Store,
+        chunks: &[ChunkKey],
+    ) -> u64 {
+        {
+            let table = self.table_mut();
+            let view = self.view.borrow();
+            let me = Member {
+                node: self.config.node,
+                drive,
+            };
+            if table.pgs.contains_key(&key) || sweep::lists(&view, key, me) {
+                return 0;
+            }
+            self.sweeping().insert(key);
+        }
+        let view = Arc::clone(&self.view.borrow());
+        let mut deleted: u64 = 0;
+        for chunk in chunks {
+            if sweep::pg_of_chunk(&view, *chunk) != Some(key) {
+                continue;
+            }
+            match store.delete_chunk(*chunk).await {
+                Ok(()) => deleted += 1,
+                Err(error) => {
+                    tracing::warn!(pg = %key, %chunk, %error, "sweep: deleting a chunk failed");
+                    break;
+                }
+            }
+        }
+        self.sweeping().remove(&key);
+        self.swept.notify_waiters();
+        // A view that named this node meanwhile found the creation held back.
+        let view = Arc::clone(&self.view.borrow());
+        let _ = self.ensure_pg(key, &view);
+        deleted
+    }
+
     /// One pass over every chunk of every PG this node leads.
     async fn scrub_pass(&self, throttle: &Arc<Throttle>) {
         let stats = self.config.stats.scrub();
@@ -953,7 +1121,7 @@ impl Inner {
             }
             RecoveryRequest::SyncPoint { head, .. } => RecoveryOp::SyncPoint { head },
         };
-        let Some(handle) = self.ensure_pg(key, &view) else {
+        let Some(handle) = self.ensure_pg_after_sweep(key, &view).await else {
             let status = if epoch < pg_interval(&view, key).unwrap_or(ours) {
                 Status::StaleEpoch
             } else {
@@ -1024,7 +1192,7 @@ impl Inner {
                 if !Self::chunk_in_pg(view, key, chunk) || !scrub::repair_ok(&fixes, chunk_size) {
                     return RecoveryReply::refused(Status::Invalid, ours);
                 }
-                let Some(handle) = self.ensure_pg(key, view) else {
+                let Some(handle) = self.ensure_pg_after_sweep(key, view).await else {
                     return RecoveryReply::refused(Status::NotPrimary, ours);
                 };
                 let job = RepairJob {

@@ -74,6 +74,8 @@ impl ControlPlane for FakeControlPlane {
             term: 1,
             committed_index: Some(1),
             applied_index: Some(1),
+            voters: vec![1],
+            learners: Vec::new(),
         }
     }
 

@@ -149,6 +149,12 @@ enum NodeCmd {
         /// Node id.
         id: u64,
     },
+    /// Removes a node for good: it must be out (drained and stopped, or marked out after a
+    /// failure) and every PG rebuilt without it. Its id is retired.
+    Remove {
+        /// Node id.
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -452,6 +458,13 @@ async fn node(client: &Client, command: NodeCmd, output: Output) -> Result<(), C
         NodeCmd::Show { id } => client.node(id).await?,
         NodeCmd::Out { id } => client.node_out(id).await?,
         NodeCmd::Up { id } => client.node_up(id).await?,
+        NodeCmd::Remove { id } => {
+            client.remove_node(id).await?;
+            if !output.json {
+                println!("removed node {id}");
+            }
+            return Ok(());
+        }
     };
     output.show(&node, node_table);
     Ok(())

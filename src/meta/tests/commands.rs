@@ -456,3 +456,91 @@ fn operator_out_of_a_serving_node_drains_it() {
     assert_eq!(node_state(&state, 2), NodeState::Out);
     assert!(state.node(NodeId(2)).unwrap().out_by_operator);
 }
+
+/// Goal: a node can be removed only once it is out and no PG lists it; removing it moves no
+/// PG, frees its drives, retires its id (registration refused for good), and repeats are
+/// no-ops.
+#[test]
+fn remove_only_an_out_node_no_pg_lists() {
+    let mut state = cluster(4, 32);
+    let remove = CommandKind::RemoveNode { node: NodeId(2) };
+    let in_use = |result: CommandResult| matches!(result, Err(MetaError::NodeInUse { .. }));
+    assert!(in_use(run(&mut state, T0 + 100, remove.clone())), "up");
+    let drain = CommandKind::MarkNodeOut {
+        node: NodeId(2),
+        by_operator: true,
+    };
+    run(&mut state, T0 + 110, drain).unwrap();
+    assert!(
+        in_use(run(&mut state, T0 + 120, remove.clone())),
+        "draining"
+    );
+    let stopped = CommandKind::MarkNodeOut {
+        node: NodeId(2),
+        by_operator: false,
+    };
+    run(&mut state, T0 + 130, stopped).unwrap();
+    assert_eq!(node_state(&state, 2), NodeState::Out);
+    // Out leaves every acting set at once (acting sets hold serving nodes only).
+    settle_all(&mut state, T0 + 140);
+    assert!(state.map().first_pg_listing(NodeId(2)).is_none());
+    let before = acting_nodes(&state, 3);
+    let epoch = state.epoch();
+    let outcome = run(&mut state, T0 + 150, remove.clone()).unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::NodeRemoved {
+            node: NodeId(2),
+            removed: true
+        }
+    );
+    assert!(state.node(NodeId(2)).is_none());
+    assert!(state.is_removed(NodeId(2)));
+    assert_eq!(acting_nodes(&state, 3), before, "no PG moved");
+    assert!(state.epoch() >= epoch);
+    let again = run(&mut state, T0 + 160, remove).unwrap();
+    assert!(matches!(again, Outcome::NodeRemoved { removed: false, .. }));
+    assert_eq!(
+        run(&mut state, T0 + 170, register_kind(2)),
+        Err(MetaError::NodeRemoved { node: NodeId(2) })
+    );
+    // Its drive may register on a new node (after a wipe).
+    let mut fresh = register_kind(5);
+    if let CommandKind::RegisterNode { drives, .. } = &mut fresh {
+        drives[0].id = drive(2, 0);
+    }
+    run(&mut state, T0 + 180, fresh).unwrap();
+    assert_eq!(
+        run(
+            &mut state,
+            T0 + 190,
+            CommandKind::RemoveNode { node: NodeId(9) }
+        ),
+        Err(MetaError::NodeNotFound { node: NodeId(9) })
+    );
+    state.check_invariants().unwrap();
+}
+
+/// Goal: a node still listed by a PG (out after a failure, copies not yet rebuilt and
+/// settled) cannot be removed: its copy may be the one a PG still needs.
+#[test]
+fn remove_refused_while_a_pg_lists_the_node() {
+    let mut state = cluster(3, 16);
+    run(
+        &mut state,
+        T0 + 100,
+        CommandKind::MarkNodeDown { node: NodeId(3) },
+    )
+    .unwrap();
+    // Three nodes, three replicas: out is refused, so node 3 stays down and listed.
+    let outcome = run(
+        &mut state,
+        T0 + 110,
+        CommandKind::RemoveNode { node: NodeId(3) },
+    );
+    assert!(
+        matches!(outcome, Err(MetaError::NodeInUse { .. })),
+        "{outcome:?}"
+    );
+    assert!(state.map().first_pg_listing(NodeId(3)).is_some());
+}

@@ -73,6 +73,7 @@ fn command_kind() -> impl Strategy<Value = CommandKind> {
             .prop_map(|beats| CommandKind::RecordHeartbeats { beats }),
         2 => node_id().prop_map(|node| CommandKind::MarkNodeDown { node }),
         2 => node_id().prop_map(|node| CommandKind::MarkNodeUp { node }),
+        1 => node_id().prop_map(|node| CommandKind::RemoveNode { node }),
         2 => (node_id(), any::<bool>())
             .prop_map(|(node, by_operator)| CommandKind::MarkNodeOut { node, by_operator }),
         3 => prop::collection::vec((0u32..3, 0u32..16, 0u64..24), 0..6).prop_map(|pgs| {
