@@ -22,8 +22,6 @@ use basalt::meta::{NodeRole, TokenRole};
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// The read-only token every test cluster accepts.
 pub const READ_ONLY_TOKEN: &str = "test-read-only-token-0123456789";
-/// The cluster secret of every test cluster.
-pub const SECRET: &str = "test-cluster-secret-0123456789abcdef";
 
 /// Path of a workspace binary, built (debug) on first use if `cargo test` has not built it.
 pub fn workspace_bin(name: &str) -> PathBuf {
@@ -100,6 +98,29 @@ pub struct TestCluster {
     dir: tempfile::TempDir,
     /// The nodes, index `n - 1`.
     pub nodes: Vec<NodeProc>,
+    /// Held while the cluster owns its net (see [`lock_net`]).
+    _net_lock: std::fs::File,
+}
+
+/// Takes the net's lock file, so two test clusters (say, two test runs started at once) never
+/// share addresses: their nodes would answer each other's peer traffic. Panics if another
+/// cluster holds it.
+fn lock_net(net: u8) -> std::fs::File {
+    let path = std::env::temp_dir().join(format!("basalt-test-net-{net}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    if let Err(e) = file.try_lock() {
+        panic!(
+            "net {net} is in use by another test cluster ({}: {e}); run one test run at a \
+             time or pick another net (BASALT_SOAK_NET for soaks)",
+            path.display()
+        );
+    }
+    file
 }
 
 /// How a test wants its cluster shaped.
@@ -166,11 +187,19 @@ impl TestCluster {
             .prefix("basalt-cluster-")
             .tempdir_in(std::env::var_os("BASALT_TEST_DIR").unwrap_or_else(|| "/var/tmp".into()))
             .expect("temp dir");
+        let net_lock = lock_net(spec.net);
+        // A secret of its own per cluster: a node of another cluster fails the handshake.
+        let secret = format!(
+            "test-cluster-secret-0123456789-{}",
+            dir.path()
+                .file_name()
+                .map_or_else(String::new, |name| name.to_string_lossy().into_owned())
+        );
         let total = spec.voters + spec.followers;
         let first_peer = SocketAddr::new(spec.address(1), 9641);
         let mut nodes = Vec::new();
         for n in 1..=total {
-            let mut config = NodeConfig::local_cluster(n, dir.path(), SECRET);
+            let mut config = NodeConfig::local_cluster(n, dir.path(), &secret);
             let addr = spec.address(n);
             config.nbd.listen = SocketAddr::new(addr, 10809);
             config.api.listen = SocketAddr::new(addr, 9640);
@@ -223,6 +252,7 @@ impl TestCluster {
             net: spec.net,
             dir,
             nodes,
+            _net_lock: net_lock,
         }
     }
 
