@@ -236,7 +236,7 @@ fn fio_load(cluster: &TestCluster, n: u8, seconds: u32) {
 }
 
 /// Every family the issue names (histograms by their `_bucket` series).
-const FAMILIES: [&str; 40] = [
+const FAMILIES: [&str; 41] = [
     // per volume
     "basalt_volume_ops_total",
     "basalt_volume_bytes_total",
@@ -261,6 +261,7 @@ const FAMILIES: [&str; 40] = [
     "basalt_recovery_remaining_objects",
     "basalt_recovery_bytes_total",
     "basalt_recovery_objects_total",
+    "basalt_swept_chunks_total",
     "basalt_scrub_progress_ratio",
     "basalt_scrub_chunks_total",
     "basalt_scrub_repairs_total",

@@ -178,7 +178,12 @@ pub fn encode(
     for (name, help, value) in gauges {
         encode_gauge(encoder, name, help, value)?;
     }
-    let counters: [(&str, &str, u64); 2] = [
+    let counters: [(&str, &str, u64); 3] = [
+        (
+            "swept_chunks",
+            "Chunks this node's sweep deleted (of deleted volumes, or copies no PG needs here)",
+            replication.swept_chunks,
+        ),
         (
             "recovery_bytes",
             "Bytes copied by this node's peering and recovery",

@@ -930,6 +930,7 @@ impl Inner {
                 None => self.sweep_without_task(key, drive, store, &chunks).await,
             };
         }
+        self.config.stats.add_swept(deleted + strays);
         tracing::info!(
             deleted_volume_chunks = deleted,
             stray_chunks = strays,

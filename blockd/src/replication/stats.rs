@@ -22,6 +22,7 @@ pub struct ReplicationStats {
     backfills: Mutex<HashSet<(PgKey, NodeId)>>,
     recovered_bytes: AtomicU64,
     recovered_chunks: AtomicU64,
+    swept_chunks: AtomicU64,
     /// The scrub's and read repair's figures, and the switch that starts a pass.
     pub(crate) scrub: ScrubStats,
 }
@@ -63,6 +64,8 @@ pub struct ReplicationSnapshot {
     pub recovered_bytes: u64,
     /// Chunks copied or deleted by recovery and peering since start.
     pub recovered_chunks: u64,
+    /// Chunks the sweep deleted since start (deleted volumes, copies no PG needs here).
+    pub swept_chunks: u64,
     /// Scrub and read repair figures.
     pub scrub: ScrubSnapshot,
 }
@@ -131,6 +134,11 @@ impl ReplicationStats {
         self.recovered_chunks.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts chunks the sweep deleted.
+    pub(crate) fn add_swept(&self, chunks: u64) {
+        self.swept_chunks.fetch_add(chunks, Ordering::Relaxed);
+    }
+
     /// The node's scrub: figures, and [`ScrubStats::request_pass`] to start a pass now.
     pub fn scrub(&self) -> &ScrubStats {
         &self.scrub
@@ -179,6 +187,7 @@ impl ReplicationStats {
             recovery,
             recovered_bytes: self.recovered_bytes.load(Ordering::Relaxed),
             recovered_chunks: self.recovered_chunks.load(Ordering::Relaxed),
+            swept_chunks: self.swept_chunks.load(Ordering::Relaxed),
             scrub: self.scrub.snapshot(),
         }
     }
