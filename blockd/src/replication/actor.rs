@@ -984,20 +984,13 @@ impl Actor {
         if serving || sweep::lists(&view, key, me) {
             return error_reply(Status::Busy, own);
         }
-        let mut deleted: u64 = 0;
-        for chunk in chunks {
-            if sweep::pg_of_chunk(&view, *chunk) != Some(key) {
-                continue;
-            }
-            match store.delete_chunk(*chunk).await {
-                Ok(()) => deleted += 1,
-                Err(error) => {
-                    tracing::warn!(pg = %key, %chunk, %error, "deleting a stray copy failed");
-                    return error_reply(store_status(&error), own);
-                }
+        match sweep::delete_chunks(store, &view, key, chunks).await {
+            (deleted, None) => Reply::ok(own, Bytes::copy_from_slice(&deleted.to_le_bytes())),
+            (_, Some((chunk, error))) => {
+                tracing::warn!(pg = %key, %chunk, %error, "deleting a stray copy failed");
+                error_reply(store_status(&error), own)
             }
         }
-        Reply::ok(own, Bytes::copy_from_slice(&deleted.to_le_bytes()))
     }
 
     /// Why `job` may not be applied now (`None`: it may).

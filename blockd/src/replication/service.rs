@@ -961,18 +961,9 @@ impl Inner {
             self.sweeping().insert(key);
         }
         let view = Arc::clone(&self.view.borrow());
-        let mut deleted: u64 = 0;
-        for chunk in chunks {
-            if sweep::pg_of_chunk(&view, *chunk) != Some(key) {
-                continue;
-            }
-            match store.delete_chunk(*chunk).await {
-                Ok(()) => deleted += 1,
-                Err(error) => {
-                    tracing::warn!(pg = %key, %chunk, %error, "sweep: deleting a chunk failed");
-                    break;
-                }
-            }
+        let (deleted, failed) = sweep::delete_chunks(store, &view, key, chunks).await;
+        if let Some((chunk, error)) = failed {
+            tracing::warn!(pg = %key, %chunk, %error, "sweep: deleting a chunk failed");
         }
         self.sweeping().remove(&key);
         self.swept.notify_waiters();

@@ -1,4 +1,5 @@
-//! Dropping copies no PG needs from this node any more (pure planning).
+//! Dropping copies no PG needs from this node any more: the plan (pure) and the deletion loop
+//! the PG task and the service share.
 //!
 //! Copies outlive their use: a node that left a PG (rebalance onto a new node, a drain, a node
 //! that came back from `out` with other PGs) keeps the old PG's chunks, and the chunks of a
@@ -21,6 +22,7 @@ use basalt::ids::{ChunkKey, DriveId, NodeId, VolumeId};
 use basalt::placement::{Member, PoolId, pg_of};
 
 use super::service::PgKey;
+use crate::store::{Store, StoreError};
 use crate::view::ClusterView;
 
 /// What one sweep deletes.
@@ -60,6 +62,27 @@ pub(crate) fn lists(view: &ClusterView, key: PgKey, member: Member) -> bool {
         .pool(key.pool)
         .and_then(|pool| pool.pg(key.pg))
         .is_some_and(|pg| pg.up().iter().chain(pg.acting()).any(|m| *m == member))
+}
+
+/// Deletes those of `chunks` that belong to the PG `key` in `view` from `store`, stopping at
+/// the first failure: how many went, and the failure if any.
+pub(crate) async fn delete_chunks(
+    store: &Store,
+    view: &ClusterView,
+    key: PgKey,
+    chunks: &[ChunkKey],
+) -> (u64, Option<(ChunkKey, StoreError)>) {
+    let mut deleted: u64 = 0;
+    for chunk in chunks {
+        if pg_of_chunk(view, *chunk) != Some(key) {
+            continue;
+        }
+        if let Err(error) = store.delete_chunk(*chunk).await {
+            return (deleted, Some((*chunk, error)));
+        }
+        deleted += 1;
+    }
+    (deleted, None)
 }
 
 /// Plans a sweep of `drives` (each drive's chunks) on node `me` from `view`.
