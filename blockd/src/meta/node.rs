@@ -302,24 +302,27 @@ impl<S: ReplicatedState> MetaNode<S> {
     /// Takes `ids` out of the Raft membership for good: voters first (joint consensus; they
     /// are not kept as learners), then learners. Leader only; members not listed are left alone.
     pub async fn remove_members(&self, ids: &BTreeSet<NodeId>) -> Result<(), ProposeError> {
-        let status = self.status();
-        let voters: BTreeSet<NodeId> = ids
-            .iter()
-            .filter(|id| status.voters.contains_key(id))
-            .copied()
-            .collect();
-        if !voters.is_empty() {
-            let change = ChangeMembers::RemoveVoters(voters);
-            let res = self.inner.raft.change_membership(change, false).await;
-            Self::admin_result(res.map(|_| ()))?;
-        }
-        let learners: BTreeSet<NodeId> = ids
-            .iter()
-            .filter(|id| self.status().learners.contains_key(id))
-            .copied()
-            .collect();
-        if !learners.is_empty() {
-            let change = ChangeMembers::RemoveNodes(learners);
+        for voters in [true, false] {
+            // Read after the previous step: removed voters are gone, not learners.
+            let status = self.status();
+            let members = if voters {
+                &status.voters
+            } else {
+                &status.learners
+            };
+            let chosen: BTreeSet<NodeId> = ids
+                .iter()
+                .filter(|id| members.contains_key(id))
+                .copied()
+                .collect();
+            if chosen.is_empty() {
+                continue;
+            }
+            let change = if voters {
+                ChangeMembers::RemoveVoters(chosen)
+            } else {
+                ChangeMembers::RemoveNodes(chosen)
+            };
             let res = self.inner.raft.change_membership(change, false).await;
             Self::admin_result(res.map(|_| ()))?;
         }
